@@ -1,16 +1,26 @@
 """Behaviour tests: offline, on the CPU, in well under a minute.
 
-Each test names the bug it is there to catch.
+Each test names the bug it is there to catch. MNIST is replaced by a few hundred
+synthetic digits written as IDX files, so torchvision's real loading code runs.
 
     python -m pytest -q
 """
+import os
+import re
+import struct
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.distributions import Normal
 
+import train
 from vae import VAE, kl_divergence, negative_elbo, reconstruction_loss
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class SpecVAE(nn.Module):
@@ -38,6 +48,67 @@ class SpecVAE(nn.Module):
         z = mu + std * epsilon
         output = self.decoder(z)
         return output, mu, logvar
+
+
+# ---------------------------------------------------------------- fixtures
+
+def write_idx(path, array):
+    """An IDX file as MNIST ships it: big-endian magic, sizes, then uint8 data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fake_digits(n, rng):
+    """n 28x28 images on black: ten blocky shapes (one per label), shifted a little,
+    their strokes of uneven brightness."""
+    shapes = np.kron(rng.random((10, 7, 7)) > 0.7, np.ones((4, 4)))
+    labels = rng.integers(0, 10, n)
+    images = np.stack([np.roll(shapes[k], rng.integers(-2, 3, 2), axis=(0, 1)) for k in labels])
+    return (images * rng.uniform(100, 255, images.shape)).astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A data folder laid out as torchvision's MNIST expects: 320 train, 64 test."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 320), ("t10k", 64)):
+        images, labels = fake_digits(n, rng)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def digits(mnist_dir):
+    return train.load_mnist(mnist_dir, train=True)
+
+
+def run_train(tmp_path, mnist_dir, *flags, out="vae.pt"):
+    """train.main in this process with small, fast settings; returns the checkpoint path."""
+    path = str(tmp_path / out)
+    train.main(["--data-dir", mnist_dir, "--out", path, "--epochs", "2",
+                "--batch-size", "32", "--device", "cpu", *flags])
+    return path
+
+
+def exits_with_one_line(capsys, call, code=None):
+    """Run call, which must exit non-zero with one line on stderr (so no traceback).
+
+    sys.exit("message") prints its message only at the top level, so it is read from
+    the SystemExit here. Returns (that line, what went to stdout).
+    """
+    with pytest.raises(SystemExit) as stop:
+        call()
+    assert stop.value.code not in (0, None)
+    if code is not None:
+        assert stop.value.code == code
+    captured = capsys.readouterr()
+    err = captured.err + (stop.value.code if isinstance(stop.value.code, str) else "")
+    assert len(err.strip().splitlines()) == 1, err
+    return err, captured.out
 
 
 # ---------------------------------------------------------------- vae.py
@@ -140,3 +211,157 @@ def test_negative_elbo_is_squared_error_sum_plus_kl():
     assert torch.allclose(negative_elbo(*twice), 2 * negative_elbo(x_prime, x, mu, logvar))
     with pytest.raises(ValueError, match="mse"):
         reconstruction_loss(x_prime, x, kind="l1")
+
+
+def test_short_training_run_lowers_the_loss(digits):
+    # Catches: gradients that do not reach the weights, a loss of the wrong sign.
+    images, _ = digits
+    torch.manual_seed(0)
+    model = VAE()
+    optimizer = train.make_optimizer(model, 1e-3)
+    generator = torch.Generator().manual_seed(0)
+    before = sum(train.evaluate(model, images)).item()
+    for _ in range(5):
+        train.train_epoch(model, optimizer, images, 32, generator)
+    after = sum(train.evaluate(model, images)).item()
+    assert after < 0.8 * before
+
+
+# ---------------------------------------------------------------- train.py
+
+def test_load_mnist_scales_pixels_to_unit_interval(digits, mnist_dir):
+    # Catches: pixels left in 0..255, or images not flattened.
+    images, labels = digits
+    assert images.shape == (320, 784) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.5
+    assert labels.shape == (320,) and int(labels.max()) <= 9
+    assert len(train.load_mnist(mnist_dir, train=False)[0]) == 64
+
+
+def test_train_epoch_keeps_the_last_partial_batch(digits):
+    # Catches: dropping the last batch, or averaging per batch instead of per image.
+    images, _ = digits
+    model = VAE()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    loss = train.train_epoch(model, optimizer, images, 300, generator)
+    torch.manual_seed(1)
+    order = torch.randperm(320, generator=torch.Generator().manual_seed(0))
+    expected = 0
+    for batch in (order[:300], order[300:]):
+        x = images[batch]
+        x_prime, mu, logvar = model(x)
+        expected += negative_elbo(x_prime, x, mu, logvar)
+    assert torch.allclose(loss, expected / 320, rtol=1e-4)
+
+
+def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
+    # Catches: a broken command line, a checkpoint the specification's class cannot load,
+    # a loss that does not fall, a temporary file left behind.
+    out = tmp_path / "vae.pt"
+    run = subprocess.run([sys.executable, "train.py", "--data-dir", mnist_dir, "--out", str(out),
+                          "--epochs", "2", "--batch-size", "32", "--device", "cpu"],
+                         cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    losses = [float(v) for v in re.findall(r"train loss ([\d.]+)", run.stdout)]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert "epoch 2/2" in run.stdout and "device: cpu" in run.stdout
+    state = torch.load(out, weights_only=True)
+    SpecVAE().load_state_dict(state)
+    VAE().load_state_dict(state)
+    assert os.listdir(tmp_path) == ["vae.pt"]
+
+
+def test_same_seed_gives_identical_weights(tmp_path, mnist_dir):
+    # Catches: an unseeded generator for the weights, the shuffling or z.
+    states = [torch.load(run_train(tmp_path, mnist_dir, "--seed", seed, out=f"{k}.pt"))
+              for k, seed in enumerate(["5", "5", "6"])]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["mu.weight"], states[2]["mu.weight"])
+
+
+@pytest.mark.parametrize("flags", [
+    ["--epochs", "0"], ["--batch-size", "-1"], ["--z-dims", "0"], ["--hidden", "0"],
+    ["--lr", "nan"], ["--lr", "0"], ["--lr", "inf"], ["--beta", "-1"], ["--epochs", "two"],
+    ["--recon", "l1"], ["--device", "tpu"],
+])
+def test_bad_flags_are_refused(tmp_path, mnist_dir, capsys, flags):
+    # Catches: a nonsense setting that would train quietly, or fail with a traceback.
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir, *flags), code=2)
+    assert flags[0] in err
+    assert not (tmp_path / "vae.pt").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_an_absent_device_is_refused(tmp_path, mnist_dir, capsys, device):
+    # Catches: a silent fall back to the CPU, or a CUDA error with a traceback.
+    if train.pick_device("auto").type == device:
+        pytest.skip(f"this machine has {device}")
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir, "--device", device))
+    assert f"--device {device}" in err and "--device cpu" in err
+
+
+def test_out_in_a_missing_folder_is_refused_before_training(tmp_path, mnist_dir, capsys):
+    # Catches: ten epochs of training lost to a checkpoint that cannot be written.
+    err, out = exits_with_one_line(
+        capsys, lambda: run_train(tmp_path, mnist_dir, out="missing/vae.pt"))
+    assert str(tmp_path / "missing") in err
+    assert "epoch" not in out
+
+
+def test_missing_mnist_says_where_to_put_it(tmp_path, capsys, monkeypatch):
+    # Catches: torchvision's download traceback instead of a fix. No mirrors: no network.
+    monkeypatch.setattr(train.datasets.MNIST, "mirrors", [])
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, str(tmp_path / "nodata")))
+    assert os.path.join(str(tmp_path / "nodata"), "MNIST", "raw") in err
+    assert "train-images-idx3-ubyte" in err
+
+
+def fail_in_second_epoch(monkeypatch, failure):
+    """Make train.train_epoch's second call end in failure(loss)."""
+    real, calls = train.train_epoch, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss if len(calls) == 1 else failure(loss)
+    monkeypatch.setattr(train, "train_epoch", flaky)
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
+    # Catches: a NaN model written over good weights, or training on after a NaN.
+    good = torch.load(run_train(tmp_path, mnist_dir, "--epochs", "1", out="good.pt"))
+    capsys.readouterr()
+    fail_in_second_epoch(monkeypatch, lambda loss: loss * float("nan"))
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir))
+    assert "epoch 2" in err and "--lr" in err
+    kept = torch.load(tmp_path / "vae.pt")
+    assert all(torch.equal(kept[k], good[k]) for k in good)
+
+
+def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
+    # Catches: a traceback on Ctrl-C, or a message that misstates what was saved.
+    def interrupt(loss):
+        raise KeyboardInterrupt
+    fail_in_second_epoch(monkeypatch, interrupt)
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
+    assert "holds epoch 1" in err
+    VAE().load_state_dict(torch.load(tmp_path / "vae.pt"))
+
+
+def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    # Catches: writing the checkpoint in place, where a kill mid-write corrupts it.
+    path = tmp_path / "vae.pt"
+    old = VAE()
+    train.save_checkpoint(old, str(path))
+
+    def half_written(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(VAE(), str(path))
+    kept = torch.load(path)
+    assert all(torch.equal(kept[k], v) for k, v in old.state_dict().items())
+    assert os.listdir(tmp_path) == ["vae.pt"]

@@ -1,0 +1,226 @@
+"""Train the VAE on MNIST with Adam and save its state_dict.
+
+    python train.py --epochs 10
+
+Both MNIST splits are loaded once into tensors on the device. Each epoch shuffles
+the training images with a seeded generator and slices them into batches, so no
+DataLoader or per-image transform runs, and the loss is summed on the device and
+read once per epoch. The checkpoint is rewritten atomically after every epoch.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+from torchvision import datasets
+from tqdm import tqdm
+
+from vae import VAE, kl_divergence, negative_elbo, reconstruction_loss
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load_mnist(data_dir, train=True, device="cpu"):
+    """One MNIST split as (images, labels) on device: images (N, 784) float in [0, 1].
+
+    Downloads into data_dir/MNIST/raw when the files are not there yet; raises
+    FileNotFoundError, saying where to put them, when that fails.
+    """
+    try:
+        split = datasets.MNIST(data_dir, train=train, download=True)
+    except (RuntimeError, OSError) as error:
+        raw = os.path.join(data_dir, "MNIST", "raw")
+        reason = str(error).strip().splitlines()[0]
+        raise FileNotFoundError(
+            f"MNIST is not in {raw} and could not be downloaded ({reason}); "
+            f"put the four files {', '.join(MNIST_FILES)} (or their .gz) there, "
+            f"or point --data-dir at the folder that holds MNIST/raw") from None
+    images = split.data.to(device).flatten(start_dim=1).float().div_(255)
+    return images, split.targets.to(device)
+
+
+def pick_device(name="auto"):
+    """The torch.device for --device: auto takes cuda, then mps, then cpu."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ValueError(f"--device {name} was asked for, but this machine (torch "
+                           f"{torch.__version__}) has no {name.upper()}; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(model, lr):
+    """Adam with its fused kernel where the device has one, else the foreach one."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+
+def train_epoch(model, optimizer, images, batch_size=128, generator=None, beta=1.0, recon="mse"):
+    """One pass over images in a random order, the last batch possibly smaller.
+
+    Returns the mean training loss per image as a 0-d tensor on the device, so the
+    caller decides when to wait for it.
+    """
+    model.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    total = torch.zeros((), device=images.device)
+    for start in tqdm(range(0, len(images), batch_size), leave=False, disable=None):
+        x = images[order[start:start + batch_size]]
+        x_prime, mu, logvar = model(x)
+        loss = negative_elbo(x_prime, x, mu, logvar, beta, recon)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return total / len(images)
+
+
+@torch.no_grad()
+def evaluate(model, images, batch_size=1000, recon="mse"):
+    """The negative ELBO per image on images, as two 0-d tensors (reconstruction, KL),
+    from one sample of z per image."""
+    model.eval()
+    reconstruction = torch.zeros((), device=images.device)
+    kl = torch.zeros((), device=images.device)
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        x_prime, mu, logvar = model(x)
+        reconstruction += reconstruction_loss(x_prime, x, recon)
+        kl += kl_divergence(mu, logvar)
+    return reconstruction / len(images), kl / len(images)
+
+
+def save_checkpoint(model, path):
+    """Write the state_dict, moved to the CPU so it loads anywhere, to path.
+
+    It goes to a temporary file beside path first and then replaces path in one
+    step, so an interruption leaves either the old checkpoint or the new one.
+    """
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_writable(path):
+    """Refuse an --out that cannot be written before any time is spent training."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path} is a folder; give a file name such as {path}/vae.pt")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--out {path}: the folder {folder} is not writable")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends in one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def checked(convert, test, wanted):
+    """An argparse type: convert the text, then reject it unless test(value)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = checked(int, lambda v: v > 0, "a positive integer")
+positive_float = checked(float, lambda v: 0 < v < math.inf, "a positive finite number")
+non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Train the MNIST VAE and save its state_dict.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="N", help="images per Adam step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, metavar="LR", help="Adam learning rate")
+    p.add_argument("--z-dims", type=positive_int, default=4, metavar="N", help="latent dimensions")
+    p.add_argument("--hidden", type=positive_int, default=128, metavar="N", help="units in each hidden layer")
+    p.add_argument("--beta", type=non_negative_float, default=1.0, metavar="B",
+                   help="weight of the KL term: 1 is the true ELBO, 0 a plain autoencoder")
+    p.add_argument("--recon", choices=("mse", "bce"), default="mse",
+                   help="reconstruction term: squared error (Gaussian) or cross-entropy (Bernoulli)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the weights, the shuffling and z")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where to train; auto takes cuda, then mps, then cpu")
+    p.add_argument("--data-dir", default="data", metavar="DIR",
+                   help="folder holding MNIST/raw (downloaded there if missing)")
+    p.add_argument("--out", default="vae.pt", metavar="PATH", help="checkpoint file, rewritten after every epoch")
+    return p.parse_args(argv)
+
+
+def train(args):
+    """Train as args say, saving after every epoch; returns the last epoch saved."""
+    device = pick_device(args.device)
+    check_writable(args.out)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(f"device: {device}{threads}")
+
+    train_images, _ = load_mnist(args.data_dir, train=True, device=device)
+    test_images, _ = load_mnist(args.data_dir, train=False, device=device)
+
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
+    optimizer = make_optimizer(model, args.lr)
+
+    saved = 0
+    for epoch in range(1, args.epochs + 1):
+        kept = f"{args.out} holds epoch {saved}" if saved else f"nothing was saved to {args.out}"
+        start = time.perf_counter()
+        try:
+            train_loss = train_epoch(model, optimizer, train_images, args.batch_size,
+                                     generator, args.beta, args.recon)
+            reconstruction, kl = evaluate(model, test_images, recon=args.recon)
+            losses = torch.stack([train_loss, reconstruction, kl]).tolist()
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted in epoch {epoch}; {kept}") from None
+        train_loss, reconstruction, kl = losses
+        seconds = time.perf_counter() - start
+        if not all(map(math.isfinite, losses)):
+            raise FloatingPointError(f"the loss became {train_loss} in epoch {epoch}; {kept}. "
+                                     f"Try a lower --lr than {args.lr:g}")
+        save_checkpoint(model, args.out)
+        saved = epoch
+        print(f"epoch {epoch}/{args.epochs}  train loss {train_loss:.2f}  "
+              f"test -ELBO {reconstruction + kl:.2f} (recon {reconstruction:.2f} + KL {kl:.2f})  "
+              f"{seconds:.2f}s  {len(train_images) / seconds:,.0f} img/s", flush=True)
+    print(f"saved {args.out}")
+    return saved
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, OSError, FloatingPointError) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt as stop:
+        print(f"\n{stop or 'interrupted before training began; nothing was saved'}", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
