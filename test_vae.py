@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+import plot_latents
 import train
 from vae import VAE, kl_divergence, negative_elbo, reconstruction_loss
 
@@ -365,3 +366,103 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     kept = torch.load(path)
     assert all(torch.equal(kept[k], v) for k, v in old.state_dict().items())
     assert os.listdir(tmp_path) == ["vae.pt"]
+
+
+# ---------------------------------------------------------------- plot_latents.py
+
+def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed():
+    # Catches: a flipped or transposed grid, i and j swapped, other dimensions not 0.
+    torch.manual_seed(0)
+    model = VAE(z_dims=3, num_hidden=16)
+    n, limit, i, j = 4, 1.5, 2, 0
+    fig = plot_latents.plot_latents(model, i=i, j=j, n=n, limit=limit)
+    image = fig.axes[0].images[0]
+    grid = np.asarray(image.get_array())
+    values = np.linspace(-limit, limit, n)
+    assert grid.shape == (28 * n, 28 * n)
+    for r in range(n):
+        for c in range(n):
+            z = torch.zeros(1, 3)
+            z[0, i], z[0, j] = values[c], values[n - 1 - r]
+            expected = model.decoder(z).detach().reshape(28, 28).numpy()
+            tile = grid[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28]
+            np.testing.assert_allclose(tile, expected, atol=1e-6)
+    left, right, bottom, top = image.get_extent()
+    assert left < -limit < limit < right and bottom < -limit < limit < top
+    assert fig.axes[0].get_xlabel() == "Latent dimension 2"
+    assert fig.axes[0].get_ylabel() == "Latent dimension 0"
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A checkpoint of a non-default size, as train.py --z-dims 3 --hidden 32 writes it."""
+    path = tmp_path / "small.pt"
+    train.save_checkpoint(VAE(z_dims=3, num_hidden=32), str(path))
+    return str(path)
+
+
+def test_cli_plots_a_checkpoint_of_any_size(tmp_path, small_checkpoint, mnist_dir, capsys):
+    # Catches: sizes assumed instead of read from the checkpoint; a plot that needs a display.
+    png = tmp_path / "grid.png"
+    plot_latents.main(["--checkpoint", small_checkpoint, "--i", "2", "--j", "1",
+                       "--out", str(png), "--scatter", "--data-dir", mnist_dir])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert str(png) in out and "Var[mu]" in out
+    assert len(re.findall(r"^\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)) == 3
+
+
+def test_cli_default_output_name(tmp_path, small_checkpoint, monkeypatch):
+    # Catches: a default path that ignores the chosen dimensions.
+    monkeypatch.chdir(tmp_path)
+    plot_latents.main(["--checkpoint", small_checkpoint, "--i", "1", "--j", "2"])
+    assert (tmp_path / "latents_1_2.png").exists()
+
+
+class RunsCode:
+    """A pickle that would create a file when loaded with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("good", ["--i", "1", "--j", "1"], "two different"),
+    ("good", ["--i", "3"], "0 to 2"),
+    ("good", ["--j", "-1"], "0 to 2"),
+    ("good", ["--n", "0"], "--n"),
+    ("good", ["--limit", "0"], "--limit"),
+    ("good", ["--limit", "nan"], "--limit"),
+    ("missing", [], "python train.py"),
+    ("random bytes", [], "loads safely"),
+    ("other model", [], "not a VAE state_dict"),
+    ("runs code", [], "loads safely"),
+])
+def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, flags, message):
+    # Catches: plotting a nonsense pair, negative indices read from the end, a traceback,
+    # and above all a checkpoint that runs code when it is loaded.
+    path = {"good": small_checkpoint, "missing": str(tmp_path / "none.pt")}.get(
+        case, str(tmp_path / "bad.pt"))
+    marker = tmp_path / "code-ran"
+    if case == "random bytes":
+        (tmp_path / "bad.pt").write_bytes(os.urandom(1000))
+    elif case == "other model":
+        torch.save(nn.Linear(3, 2).state_dict(), path)
+    elif case == "runs code":
+        torch.save({"mu.weight": RunsCode(str(marker))}, path)
+    err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
+        ["--checkpoint", path, "--out", str(tmp_path / "x.png"), *flags]))
+    assert message in err
+    assert not marker.exists()
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_cli_error_is_one_line_without_traceback(tmp_path):
+    # Catches: exceptions escaping the real command line.
+    run = subprocess.run([sys.executable, "plot_latents.py", "--checkpoint", str(tmp_path / "no.pt")],
+                         cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0 and "python train.py" in run.stderr
