@@ -85,7 +85,8 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None):
     # extent puts each tile's centre at its z value, so the ticks read in z units.
     half = limit / (n - 1) if n > 1 else limit
     low, high = values[0].item() - half, values[-1].item() + half
-    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, extent=(low, high, low, high))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, extent=(low, high, low, high),
+              interpolation="nearest")
     ax.set_xlabel(f"Latent dimension {i}")
     ax.set_ylabel(f"Latent dimension {j}")
     ax.set_title(f"Latent space traversal for dimensions {i} and {j}")
@@ -111,8 +112,10 @@ def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None):
     [-limit, limit]^2 that the traversal grid covers. Returns the Figure."""
     if ax is None:
         ax = plt.figure(figsize=(8, 8)).add_subplot()
+    # Markers without antialiasing: 10,000 of them then take a few colours, not
+    # thousands, and the PNG stays small.
     points = ax.scatter(mu[:, i].cpu(), mu[:, j].cpu(), c=labels.cpu(), cmap="tab10",
-                        vmin=-0.5, vmax=9.5, s=3, alpha=0.6)
+                        vmin=-0.5, vmax=9.5, s=6, linewidths=0, antialiased=False)
     ax.add_patch(Rectangle((-limit, -limit), 2 * limit, 2 * limit,
                            fill=False, linestyle="--", edgecolor="black", label="grid of the traversal"))
     ax.figure.colorbar(points, ax=ax, ticks=range(10), label="digit")
@@ -153,7 +156,7 @@ def main(argv=None):
         if args.scatter:
             images, labels = load_mnist(args.data_dir, train=False)
             mu, spread, variance = posterior_stats(model, images)
-            fig, (left, right) = plt.subplots(1, 2, figsize=(16, 8), layout="constrained")
+            fig, (left, right) = plt.subplots(1, 2, figsize=(14, 7), layout="constrained")
             plot_latents(model, args.i, args.j, args.n, args.limit, ax=left)
             plot_posterior_means(mu, labels, args.i, args.j, args.limit, ax=right)
         else:
