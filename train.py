@@ -36,7 +36,7 @@ def load_mnist(data_dir, train=True, device="cpu"):
         reason = str(error).strip().splitlines()[0]
         raise FileNotFoundError(
             f"MNIST is not in {raw} and could not be downloaded ({reason}); "
-            f"put the four files {', '.join(MNIST_FILES)} (or their .gz) there, "
+            f"put the four files {', '.join(MNIST_FILES)} there, "
             f"or point --data-dir at the folder that holds MNIST/raw") from None
     images = split.data.to(device).flatten(start_dim=1).float().div_(255)
     return images, split.targets.to(device)
