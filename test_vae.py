@@ -340,35 +340,37 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     assert "train-images-idx3-ubyte" in err
 
 
-def fail_in_second_epoch(monkeypatch, failure):
-    """Make train.train_epoch's second call end in failure(loss)."""
-    real, calls = train.train_epoch, []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss if len(calls) == 1 else failure(loss)
-    monkeypatch.setattr(train, "train_epoch", flaky)
-
-
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
     # Catches: a NaN model written over good weights, or training on after a NaN.
     good = torch.load(run_train(tmp_path, mnist_dir, "--epochs", "1", out="good.pt"))
     capsys.readouterr()
-    fail_in_second_epoch(monkeypatch, lambda loss: loss * float("nan"))
+    real, calls = train.train_epoch, []
+
+    def nan_second_time(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss if len(calls) == 1 else loss * float("nan")
+    monkeypatch.setattr(train, "train_epoch", nan_second_time)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir))
     assert "epoch 2" in err and "--lr" in err
     kept = torch.load(tmp_path / "vae.pt")
     assert all(torch.equal(kept[k], good[k]) for k in good)
 
 
-def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
-    # Catches: a traceback on Ctrl-C, or a message that misstates what was saved.
-    def interrupt(loss):
-        raise KeyboardInterrupt
-    fail_in_second_epoch(monkeypatch, interrupt)
+@pytest.mark.parametrize("where", ["train_epoch", "save_checkpoint"])
+def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch, where):
+    # Catches: a traceback on Ctrl-C, or a message that misstates what was saved,
+    # whether the interrupt comes while training or while saving.
+    real, calls = getattr(train, where), []
+
+    def interrupted_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, where, interrupted_second_time)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
-    assert "holds epoch 1" in err
+    assert "interrupted in epoch 2" in err and "holds epoch 1" in err
     VAE().load_state_dict(torch.load(tmp_path / "vae.pt"))
 
 

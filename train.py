@@ -33,7 +33,7 @@ def load_mnist(data_dir, train=True, device="cpu"):
         split = datasets.MNIST(data_dir, train=train, download=True)
     except (RuntimeError, OSError) as error:
         raw = os.path.join(data_dir, "MNIST", "raw")
-        reason = str(error).strip().splitlines()[0]
+        reason = (str(error).strip() or type(error).__name__).splitlines()[-1]
         raise FileNotFoundError(
             f"MNIST is not in {raw} and could not be downloaded ({reason}); "
             f"put the four files {', '.join(MNIST_FILES)} there, "
@@ -49,7 +49,7 @@ def pick_device(name="auto"):
         name = "cuda" if cuda else "mps" if mps else "cpu"
     if (name == "cuda" and not cuda) or (name == "mps" and not mps):
         raise ValueError(f"--device {name} was asked for, but this machine (torch "
-                           f"{torch.__version__}) has no {name.upper()}; use --device cpu or auto")
+                         f"{torch.__version__}) has no {name.upper()}; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -91,7 +91,7 @@ class CUDAGraphStep:
         self.step, self.warmup = step, warmup
         self.x = torch.zeros(batch_shape, device="cuda")
         self.side = torch.cuda.Stream()
-        self.graph = None
+        self.graph = self.loss = None
 
     def __call__(self, x):
         if x.shape != self.x.shape:
@@ -217,7 +217,7 @@ def parse_args(argv=None):
 
 
 def train(args):
-    """Train as args say, saving after every epoch; returns the last epoch saved."""
+    """Train as args say, saving after every epoch; returns the trained model."""
     device = pick_device(args.device)
     check_writable(args.out)
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
@@ -235,27 +235,30 @@ def train(args):
         step = CUDAGraphStep(step, (args.batch_size, model.input_size))
 
     saved = 0
-    for epoch in range(1, args.epochs + 1):
-        kept = f"{args.out} holds epoch {saved}" if saved else f"nothing was saved to {args.out}"
-        start = time.perf_counter()
-        try:
+
+    def kept():
+        return f"{args.out} holds epoch {saved}" if saved else f"nothing was saved to {args.out}"
+
+    try:
+        for epoch in range(1, args.epochs + 1):
+            start = time.perf_counter()
             train_loss = train_epoch(model, step, train_images, args.batch_size, generator)
             reconstruction, kl = evaluate(model, test_images, recon=args.recon)
             losses = torch.stack([train_loss, reconstruction, kl]).tolist()
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"interrupted in epoch {epoch}; {kept}") from None
-        train_loss, reconstruction, kl = losses
-        seconds = time.perf_counter() - start
-        if not all(map(math.isfinite, losses)):
-            raise FloatingPointError(f"the loss became {train_loss} in epoch {epoch}; {kept}. "
-                                     f"Try a lower --lr than {args.lr:g}")
-        save_checkpoint(model, args.out)
-        saved = epoch
-        print(f"epoch {epoch}/{args.epochs}  train loss {train_loss:.2f}  "
-              f"test -ELBO {reconstruction + kl:.2f} (recon {reconstruction:.2f} + KL {kl:.2f})  "
-              f"{seconds:.2f}s  {len(train_images) / seconds:,.0f} img/s", flush=True)
+            train_loss, reconstruction, kl = losses
+            seconds = time.perf_counter() - start
+            if not all(map(math.isfinite, losses)):
+                raise FloatingPointError(f"the loss became {train_loss} in epoch {epoch}; "
+                                         f"{kept()}. Try a lower --lr than {args.lr:g}")
+            save_checkpoint(model, args.out)
+            saved = epoch
+            print(f"epoch {epoch}/{args.epochs}  train loss {train_loss:.2f}  "
+                  f"test -ELBO {reconstruction + kl:.2f} (recon {reconstruction:.2f} + KL {kl:.2f})  "
+                  f"{seconds:.2f}s  {len(train_images) / seconds:,.0f} img/s", flush=True)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted in epoch {epoch}; {kept()}") from None
     print(f"saved {args.out}")
-    return saved
+    return model
 
 
 def main(argv=None):
