@@ -27,9 +27,10 @@ def load_model(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}; train one first: python train.py") from None
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a checkpoint that loads safely: {reason}") from None
+    except Exception:
+        raise ValueError(f"{path} is not a state_dict that loads safely: only tensors are read, "
+                         "never pickled objects or code; save one with "
+                         "torch.save(model.state_dict(), path)") from None
     keys = VAE().state_dict().keys()
     if not (isinstance(state, dict) and state.keys() == keys
             and all(isinstance(v, torch.Tensor) for v in state.values())):
@@ -61,7 +62,7 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None):
     rising left to right along the columns and z_j bottom to top along the rows,
     both over [-limit, limit], every other dimension 0. Returns the Figure.
 
-    Only the attributes decoder and z_dims are used, so a model of the
+    Only the attributes decoder, z_dims and input_size are used, so a model of the
     specification's own class works too.
     """
     check_pair(model, i, j)
