@@ -121,7 +121,7 @@ def train_epoch(model, step, images, batch_size=128, generator=None):
     model.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)
     total = torch.zeros((), device=images.device)
-    for start in tqdm(range(0, len(images), batch_size), leave=False, disable=None):
+    for start in tqdm(range(0, len(images), batch_size), unit="batch", leave=False, disable=None):
         total += step(images[order[start:start + batch_size]])
     return total / len(images)
 
