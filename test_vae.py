@@ -340,17 +340,24 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     assert "train-images-idx3-ubyte" in err
 
 
+def on_second_call(monkeypatch, name, instead):
+    """Make the second call of train.<name> run instead(real, *args, **kwargs)."""
+    real, calls = getattr(train, name), []
+
+    def patched(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            return instead(real, *args, **kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, name, patched)
+
+
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
     # Catches: a NaN model written over good weights, or training on after a NaN.
     good = torch.load(run_train(tmp_path, mnist_dir, "--epochs", "1", out="good.pt"))
     capsys.readouterr()
-    real, calls = train.train_epoch, []
-
-    def nan_second_time(*args, **kwargs):
-        calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss if len(calls) == 1 else loss * float("nan")
-    monkeypatch.setattr(train, "train_epoch", nan_second_time)
+    on_second_call(monkeypatch, "train_epoch",
+                   lambda real, *args, **kwargs: real(*args, **kwargs) * float("nan"))
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir))
     assert "epoch 2" in err and "--lr" in err
     kept = torch.load(tmp_path / "vae.pt")
@@ -361,14 +368,9 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, mo
 def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch, where):
     # Catches: a traceback on Ctrl-C, or a message that misstates what was saved,
     # whether the interrupt comes while training or while saving.
-    real, calls = getattr(train, where), []
-
-    def interrupted_second_time(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(train, where, interrupted_second_time)
+    def interrupt(real, *args, **kwargs):
+        raise KeyboardInterrupt
+    on_second_call(monkeypatch, where, interrupt)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
     assert "interrupted in epoch 2" in err and "holds epoch 1" in err
     VAE().load_state_dict(torch.load(tmp_path / "vae.pt"))
