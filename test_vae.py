@@ -5,8 +5,10 @@ synthetic digits written as IDX files, so torchvision's real loading code runs.
 
     python -m pytest -q
 """
+import io
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 from torch.distributions import Normal
+
 
 import plot_latents
 import train
@@ -85,6 +88,14 @@ def mnist_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits(mnist_dir):
     return train.load_mnist(mnist_dir, train=True)
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def run_train(tmp_path, mnist_dir, *flags, out="vae.pt"):
@@ -220,11 +231,10 @@ def test_short_training_run_lowers_the_loss(digits):
     torch.manual_seed(0)
     model = VAE()
     optimizer = train.make_optimizer(model, 1e-3)
-    generator = torch.Generator().manual_seed(0)
     before = sum(train.evaluate(model, images)).item()
     step = train.make_step(model, optimizer)
     for _ in range(5):
-        train.train_epoch(model, step, images, 32, generator)
+        train.train_epoch(model, step, images, 32)
     after = sum(train.evaluate(model, images)).item()
     assert after < 0.8 * before
 
@@ -245,11 +255,10 @@ def test_train_epoch_keeps_the_last_partial_batch(digits):
     images, _ = digits
     model = VAE()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    generator = torch.Generator().manual_seed(0)
     torch.manual_seed(1)
-    loss = train.train_epoch(model, train.make_step(model, optimizer), images, 300, generator)
+    loss = train.train_epoch(model, train.make_step(model, optimizer), images, 300)
     torch.manual_seed(1)
-    order = torch.randperm(320, generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(320)
     expected = 0
     for batch in (order[:300], order[300:]):
         x = images[batch]
@@ -260,8 +269,11 @@ def test_train_epoch_keeps_the_last_partial_batch(digits):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_trains_exactly_like_the_plain_step(digits):
-    # Catches: a graph that replays a stale batch, reuses one z, or drops an update.
+    # Catches: a graph that replays a stale batch, reuses one z or drops an update, and
+    # a returned loss that the next replay overwrites: kept in a list, every replayed
+    # entry would read as the last batch's.
     images = digits[0].cuda()
+    batches = [images[k:k + 48] for k in range(0, 320, 48)] * 3  # six of 48, one of 32
     runs = []
     for graphed in (False, True):
         torch.manual_seed(0)
@@ -269,13 +281,11 @@ def test_cuda_graph_step_trains_exactly_like_the_plain_step(digits):
         step = train.make_step(model, train.make_optimizer(model, 1e-3))
         if graphed:
             step = train.CUDAGraphStep(step, (48, 784))
-        generator = torch.Generator().manual_seed(0)
-        losses = torch.stack([train.train_epoch(model, step, images, 48, generator)
-                              for _ in range(2)])
-        runs.append((losses, model.state_dict()))
+        losses = [step(x) for x in batches]
+        runs.append((torch.stack(losses), model.state_dict()))
     (plain_losses, plain), (graph_losses, graph) = runs
     assert torch.equal(plain_losses, graph_losses)
-    assert all(torch.equal(plain[k], graph[k]) for k in plain)
+    assert same_weights(plain, graph)
 
 
 def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
@@ -289,7 +299,8 @@ def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
     losses = [float(v) for v in re.findall(r"train loss ([\d.]+)", run.stdout)]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert "epoch 2/2" in run.stdout and "device: cpu" in run.stdout
-    state = torch.load(out, weights_only=True)
+    assert "\r" not in run.stdout + run.stderr and "batch" not in run.stderr  # no bar frames in a log
+    state = load(out)
     SpecVAE().load_state_dict(state)
     VAE().load_state_dict(state)
     assert os.listdir(tmp_path) == ["vae.pt"]
@@ -297,10 +308,101 @@ def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
 
 def test_same_seed_gives_identical_weights(tmp_path, mnist_dir):
     # Catches: an unseeded generator for the weights, the shuffling or z.
-    states = [torch.load(run_train(tmp_path, mnist_dir, "--seed", seed, out=f"{k}.pt"))
+    states = [load(run_train(tmp_path, mnist_dir, "--seed", seed, out=f"{k}.pt"))
               for k, seed in enumerate(["5", "5", "6"])]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not torch.equal(states[0]["mu.weight"], states[2]["mu.weight"])
+
+
+def train_by_hand(images, test_images, epochs=2, batch_size=32, lr=1e-3, z_dims=4, hidden=128,
+                  beta=1.0, recon="mse", seed=0):
+    """What train.py's flags describe, written out from torch and vae.py alone: the
+    trained model, and per epoch the figures train.py prints (train loss, test -ELBO,
+    its reconstruction and KL terms)."""
+    torch.manual_seed(seed)
+    model = VAE(z_dims=z_dims, num_hidden=hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    figures = []
+    for _ in range(epochs):
+        total = 0.0
+        order = torch.randperm(len(images))
+        for start in range(0, len(images), batch_size):
+            x = images[order[start:start + batch_size]]
+            x_prime, mu, logvar = model(x)
+            loss = negative_elbo(x_prime, x, mu, logvar, beta, recon)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        with torch.no_grad():  # the test -ELBO: beta 1, z from a generator seeded with 0
+            mu, logvar = model.encode(test_images)
+            z = model.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
+            reconstruction = reconstruction_loss(model.decode(z), test_images, recon).item()
+            kl = kl_divergence(mu, logvar).item()
+        n = len(test_images)
+        figures.append([total / len(images), (reconstruction + kl) / n, reconstruction / n, kl / n])
+    return model, figures
+
+
+EPOCH_LINE = re.compile(r"epoch \d+/\d+  train loss ([\d.]+)  test -ELBO ([\d.]+) "
+                        r"\(recon ([\d.]+) \+ KL ([\d.]+)\)")
+
+
+@pytest.mark.parametrize("flags, settings", [
+    ([], {}),
+    (["--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--z-dims", "3", "--hidden", "32",
+      "--beta", "0.5", "--recon", "bce", "--seed", "7"],
+     dict(epochs=3, batch_size=50, lr=3e-3, z_dims=3, hidden=32, beta=0.5, recon="bce", seed=7)),
+])
+def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, flags, settings):
+    # Catches: any flag ignored or misrouted (each differs from its default in the second
+    # case), a wrong printed figure (train loss, test -ELBO, its split), and a main()
+    # that does not return the model it saved.
+    path = str(tmp_path / "vae.pt")
+    returned = train.main(["--data-dir", mnist_dir, "--out", path, "--epochs", "2",
+                           "--batch-size", "32", "--device", "cpu", *flags])
+    images, test_images = (train.load_mnist(mnist_dir, train=split)[0] for split in (True, False))
+    model, figures = train_by_hand(images, test_images, **settings)
+    printed = [[float(v) for v in m.groups()] for m in EPOCH_LINE.finditer(capsys.readouterr().out)]
+    np.testing.assert_allclose(printed, figures, atol=0.0051)  # printed with two decimals
+    saved = load(path)
+    assert same_weights(returned.state_dict(), saved)
+    for k, v in model.state_dict().items():  # fused Adam against torch's default: not bitwise
+        torch.testing.assert_close(saved[k], v, atol=1e-5, rtol=0)
+
+
+def test_evaluation_leaves_training_alone(tmp_path, mnist_dir, digits, monkeypatch):
+    # Catches: evaluation drawing z from the random state training draws from, so that
+    # whether and how it runs changes the trained weights; test figures that vary
+    # from one call to the next for the same weights.
+    model = VAE()
+    state = torch.get_rng_state()
+    first = torch.stack(train.evaluate(model, digits[0]))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.stack(train.evaluate(model, digits[0])), first)
+
+    usual = load(run_train(tmp_path, mnist_dir, out="usual.pt"))
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: real(*args, **kwargs, batch_size=7))
+    assert same_weights(load(run_train(tmp_path, mnist_dir, out="small-batches.pt")), usual)
+
+
+def test_adam_is_fused_only_where_the_device_has_the_kernel():
+    # Catches: a fallback that never runs. The fused kernel's device check comes at the
+    # first step, so a model on a device without it must get an unfused Adam up front.
+    fused = train.make_optimizer(VAE(), 1e-3)
+    assert fused.defaults["fused"] and not fused.defaults["capturable"]
+    assert not train.make_optimizer(VAE().to("meta"), 1e-3).defaults["fused"]
+
+
+def test_pick_device_honours_the_choice(monkeypatch):
+    # Catches: --device ignored, or auto preferring the CPU over a GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.pick_device("auto").type == "cuda"
+    assert train.pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert train.pick_device("auto").type == "mps"
 
 
 @pytest.mark.parametrize("flags", [
@@ -354,13 +456,13 @@ def on_second_call(monkeypatch, name, instead):
 
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
     # Catches: a NaN model written over good weights, or training on after a NaN.
-    good = torch.load(run_train(tmp_path, mnist_dir, "--epochs", "1", out="good.pt"))
+    good = load(run_train(tmp_path, mnist_dir, "--epochs", "1", out="good.pt"))
     capsys.readouterr()
     on_second_call(monkeypatch, "train_epoch",
                    lambda real, *args, **kwargs: real(*args, **kwargs) * float("nan"))
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir))
     assert "epoch 2" in err and "--lr" in err
-    kept = torch.load(tmp_path / "vae.pt")
+    kept = load(tmp_path / "vae.pt")
     assert all(torch.equal(kept[k], good[k]) for k in good)
 
 
@@ -373,7 +475,7 @@ def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypat
     on_second_call(monkeypatch, where, interrupt)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
     assert "interrupted in epoch 2" in err and "holds epoch 1" in err
-    VAE().load_state_dict(torch.load(tmp_path / "vae.pt"))
+    VAE().load_state_dict(load(tmp_path / "vae.pt"))
 
 
 def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
@@ -388,9 +490,131 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train.torch, "save", half_written)
     with pytest.raises(KeyboardInterrupt):
         train.save_checkpoint(VAE(), str(path))
-    kept = torch.load(path)
+    kept = load(path)
     assert all(torch.equal(kept[k], v) for k, v in old.state_dict().items())
     assert os.listdir(tmp_path) == ["vae.pt"]
+
+
+def test_ctrl_c_before_the_first_epoch_says_so(tmp_path, mnist_dir, capsys, monkeypatch):
+    # Catches: an empty line instead of the message when Ctrl-C lands while MNIST loads.
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "load_mnist", interrupt)
+    err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
+    assert "interrupted before training began; nothing was saved to" in err
+
+
+def test_two_runs_saving_to_one_path_keep_their_temporary_files_apart(tmp_path, monkeypatch):
+    # Catches: one fixed temporary name, which a second run saving to the same --out
+    # truncates, renames away or deletes while the first is still writing it.
+    path = str(tmp_path / "vae.pt")
+    mine, theirs = VAE(), VAE()
+    real_save = torch.save
+
+    def meanwhile_another_run_saves(obj, f):
+        monkeypatch.setattr(train.torch, "save", real_save)
+        train.save_checkpoint(theirs, path)
+        real_save(obj, f)
+    monkeypatch.setattr(train.torch, "save", meanwhile_another_run_saves)
+    train.save_checkpoint(mine, path)
+    assert same_weights(load(path), mine.state_dict())
+    assert os.listdir(tmp_path) == ["vae.pt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a folder can be synced on POSIX only")
+def test_the_checkpoint_and_its_rename_reach_the_disk(tmp_path, monkeypatch):
+    # Catches: a rename that a power cut can undo, handing back the previous epoch: the
+    # file is synced before it replaces the old one, and the folder after.
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(*args):
+        events.append("replace")
+        real_replace(*args)
+
+    def fsync(fd):
+        events.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    train.save_checkpoint(VAE(), str(tmp_path / "vae.pt"))
+    assert events == ["file", "replace", "folder"]
+
+
+def closed_pipe():
+    """The writing end of a pipe whose reader has gone, as after `| head`."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def test_train_stops_in_one_line_when_its_output_is_closed(tmp_path, mnist_dir):
+    # Catches: a BrokenPipeError traceback under `| head`, and a stop that hides what
+    # was saved.
+    out = tmp_path / "vae.pt"
+    write = closed_pipe()
+    run = subprocess.run([sys.executable, "train.py", "--data-dir", mnist_dir, "--out", str(out),
+                          "--epochs", "3", "--device", "cpu"],
+                         cwd=HERE, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert run.returncode == 1
+    assert run.stderr == f"train.py: output closed before training began; nothing was saved to {out}\n"
+
+
+class KernelStream(io.StringIO):
+    """Stands for stderr in a Jupyter kernel: ipykernel's OutStream, no terminal."""
+
+
+KernelStream.__module__ = "ipykernel.iostream"
+
+
+class TerminalStream(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_shows_in_a_terminal_and_a_notebook_only():
+    # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel),
+    # or one whose frames fill a log file or CI's output.
+    assert train.progress_visible(TerminalStream())
+    assert train.progress_visible(KernelStream())
+    assert not train.progress_visible(io.StringIO())
+    assert not train.progress_visible(None)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_bar_reaches_a_terminal(tmp_path, mnist_dir):
+    # Catches: a bar switched off for good, so a long epoch looks frozen.
+    import fcntl
+    import pty
+    import termios
+    terminal, child_end = pty.openpty()
+    # 24 rows of 80 columns, as a terminal window has: tqdm fits its bar to the width.
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    run = subprocess.run([sys.executable, "train.py", "--data-dir", mnist_dir,
+                          "--out", str(tmp_path / "vae.pt"), "--epochs", "1", "--device", "cpu"],
+                         cwd=HERE, stdout=subprocess.PIPE, stderr=child_end, timeout=120)
+    os.close(child_end)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # Linux: the other end has closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert run.returncode == 0
+    assert b"batch" in shown and b"\r" in shown
+    assert b"epoch 1/1" in run.stdout
+
+
+def test_messages_name_the_script_when_called_from_a_notebook(capsys, monkeypatch):
+    # Catches: messages that name ipykernel_launcher.py, argparse's guess from sys.argv.
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel.json"])
+    err, _ = exits_with_one_line(capsys, lambda: train.main(["--epochs", "0"]), code=2)
+    assert err.startswith("train.py: error: argument --epochs")
 
 
 # ---------------------------------------------------------------- plot_latents.py

@@ -10,6 +10,7 @@ read once per epoch. The checkpoint is rewritten atomically after every epoch.
 import argparse
 import math
 import os
+import secrets
 import sys
 import time
 
@@ -54,13 +55,13 @@ def pick_device(name="auto"):
 
 
 def make_optimizer(model, lr):
-    """Adam with its fused kernel where the device has one, else the foreach one.
+    """Adam. On the CPU and CUDA, which have had its fused kernel since torch 2.4,
+    it updates all parameters in one kernel; elsewhere (MPS) it takes torch's default.
     On CUDA it is capturable, so that a CUDA graph can record its step."""
-    cuda = next(model.parameters()).is_cuda
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=cuda)
-    except RuntimeError:
-        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    device = next(model.parameters()).device.type
+    if device in ("cpu", "cuda"):
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=device == "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def make_step(model, optimizer, beta=1.0, recon="mse"):
@@ -83,8 +84,12 @@ class CUDAGraphStep:
     one from Python takes about ten times longer than running them. A CUDA graph
     records one step's kernels once and launches them all in a single call, reading
     the batch from a fixed buffer. It computes exactly what step computes, fresh
-    random z included. CUDA asks for a few ordinary steps, on a side stream, before
-    recording; batches of another shape (the last, partial one) run ordinarily.
+    random z included, and like step returns a loss the caller can keep. CUDA asks
+    for a few ordinary steps, on a side stream, before recording; batches of another
+    shape (the last, partial one) run ordinarily.
+
+    Gradients live in the graph's own buffers: after a replay, the parameters' .grad
+    attributes may hold an older step's gradients (those of the last ordinary step).
     """
 
     def __init__(self, step, batch_shape, warmup=3):
@@ -109,33 +114,52 @@ class CUDAGraphStep:
             with torch.cuda.graph(self.graph):
                 self.loss = self.step(self.x)
         self.graph.replay()
-        return self.loss
+        return self.loss.clone()  # the next replay overwrites self.loss in place
 
 
-def train_epoch(model, step, images, batch_size=128, generator=None):
+def progress_visible(stream):
+    """Whether a progress bar belongs on stream: yes in a terminal, and in a Jupyter
+    kernel (Colab's included), whose stream is no terminal but redraws the bar in
+    place; no in a file, a pipe or CI, whose log would fill with its frames."""
+    if stream is None:  # pythonw on Windows has no stderr at all
+        return False
+    return type(stream).__module__.startswith("ipykernel.") or stream.isatty()
+
+
+def train_epoch(model, step, images, batch_size=128):
     """One pass of step over images in a random order, the last batch possibly smaller.
+    The order is drawn from torch's global random state, as z is: seed it with
+    torch.manual_seed for a run that repeats.
 
     Returns the mean training loss per image as a 0-d tensor on the device, so the
     caller decides when to wait for it.
     """
     model.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
+    order = torch.randperm(len(images)).to(images.device)
     total = torch.zeros((), device=images.device)
-    for start in tqdm(range(0, len(images), batch_size), unit="batch", leave=False, disable=None):
+    batches = range(0, len(images), batch_size)
+    for start in tqdm(batches, unit="batch", leave=False, disable=not progress_visible(sys.stderr)):
         total += step(images[order[start:start + batch_size]])
     return total / len(images)
 
 
 @torch.no_grad()
-def evaluate(model, images, batch_size=1000, recon="mse"):
+def evaluate(model, images, batch_size=1000, recon="mse", seed=0):
     """The negative ELBO per image on images, as two 0-d tensors (reconstruction, KL),
-    from one sample of z per image."""
+    from one sample of z per image.
+
+    z is drawn from a generator of its own, seeded afresh on each call: the figures
+    are then a function of the weights alone, and evaluating never moves the random
+    state that training draws its shuffles and z from.
+    """
     model.eval()
+    generator = torch.Generator(images.device).manual_seed(seed)
     reconstruction = torch.zeros((), device=images.device)
     kl = torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
-        x_prime, mu, logvar = model(x)
+        mu, logvar = model.encode(x)
+        x_prime = model.decode(model.reparameterize(mu, logvar, generator))
         reconstruction += reconstruction_loss(x_prime, x, recon)
         kl += kl_divergence(mu, logvar)
     return reconstruction / len(images), kl / len(images)
@@ -144,19 +168,36 @@ def evaluate(model, images, batch_size=1000, recon="mse"):
 def save_checkpoint(model, path):
     """Write the state_dict, moved to the CPU so it loads anywhere, to path.
 
-    It goes to a temporary file beside path first and then replaces path in one
-    step, so an interruption leaves either the old checkpoint or the new one.
+    It goes to a temporary file of its own beside path (so two runs saving to one
+    path never write into each other's) and then replaces path in one step, so an
+    interruption leaves either the old checkpoint or the new one. Syncing the file
+    and then the folder makes that step survive a power cut.
     """
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        sync_folder(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sync_folder(folder):
+    """Flush a folder's entries (a rename within it) to disk, where the OS allows:
+    POSIX syncs a folder through a descriptor; Windows cannot open one."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse to sync a folder; the file itself is synced
+    finally:
+        os.close(fd)
 
 
 def check_writable(path):
@@ -170,11 +211,25 @@ def check_writable(path):
         raise PermissionError(f"--out {path}: the folder {folder} is not writable")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where the default is None: that
+    flag's help says what happens instead."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag ends in one line (no usage block) and exit status 2."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def silence_stdout():
+    """After the reader of stdout has gone (`| head`), point stdout at the null
+    device, so that Python's last flush on exit cannot fail with a traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def checked(convert, test, wanted):
@@ -196,8 +251,8 @@ non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a finite numbe
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="Train the MNIST VAE and save its state_dict.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="train.py", description="Train the MNIST VAE and save its state_dict.",
+                       formatter_class=HelpFormatter)
     p.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="passes over the training set")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="N", help="images per Adam step")
     p.add_argument("--lr", type=positive_float, default=1e-3, metavar="LR", help="Adam learning rate")
@@ -207,7 +262,8 @@ def parse_args(argv=None):
                    help="weight of the KL term: 1 is the true ELBO, 0 a plain autoencoder")
     p.add_argument("--recon", choices=("mse", "bce"), default="mse",
                    help="reconstruction term: squared error (Gaussian) or cross-entropy (Bernoulli)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the weights, the shuffling and z")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed for the weights, the shuffles and z (torch.manual_seed)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where to train; auto takes cuda, then mps, then cpu")
     p.add_argument("--data-dir", default="data", metavar="DIR",
@@ -217,32 +273,36 @@ def parse_args(argv=None):
 
 
 def train(args):
-    """Train as args say, saving after every epoch; returns the trained model."""
+    """Train as args say, saving after every epoch; returns the trained model.
+
+    Ctrl-C and a closed stdout stop it with a message that says what was saved.
+    """
     device = pick_device(args.device)
     check_writable(args.out)
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    print(f"device: {device}{threads}")
-
-    train_images, _ = load_mnist(args.data_dir, train=True, device=device)
-    test_images, _ = load_mnist(args.data_dir, train=False, device=device)
-
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    model = VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
-    optimizer = make_optimizer(model, args.lr)
-    step = make_step(model, optimizer, args.beta, args.recon)
-    if device.type == "cuda":
-        step = CUDAGraphStep(step, (args.batch_size, model.input_size))
-
-    saved = 0
+    epoch = saved = 0
 
     def kept():
         return f"{args.out} holds epoch {saved}" if saved else f"nothing was saved to {args.out}"
 
+    def stopped(what):
+        return f"{what} {f'in epoch {epoch}' if epoch else 'before training began'}; {kept()}"
+
     try:
+        threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+        print(f"device: {device}{threads}", flush=True)
+        train_images, _ = load_mnist(args.data_dir, train=True, device=device)
+        test_images, _ = load_mnist(args.data_dir, train=False, device=device)
+
+        torch.manual_seed(args.seed)
+        model = VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
+        optimizer = make_optimizer(model, args.lr)
+        step = make_step(model, optimizer, args.beta, args.recon)
+        if device.type == "cuda":
+            step = CUDAGraphStep(step, (args.batch_size, model.input_size))
+
         for epoch in range(1, args.epochs + 1):
             start = time.perf_counter()
-            train_loss = train_epoch(model, step, train_images, args.batch_size, generator)
+            train_loss = train_epoch(model, step, train_images, args.batch_size)
             reconstruction, kl = evaluate(model, test_images, recon=args.recon)
             losses = torch.stack([train_loss, reconstruction, kl]).tolist()
             train_loss, reconstruction, kl = losses
@@ -255,20 +315,27 @@ def train(args):
             print(f"epoch {epoch}/{args.epochs}  train loss {train_loss:.2f}  "
                   f"test -ELBO {reconstruction + kl:.2f} (recon {reconstruction:.2f} + KL {kl:.2f})  "
                   f"{seconds:.2f}s  {len(train_images) / seconds:,.0f} img/s", flush=True)
+        print(f"saved {args.out}", flush=True)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted in epoch {epoch}; {kept()}") from None
-    print(f"saved {args.out}")
+        raise KeyboardInterrupt(stopped("interrupted")) from None
+    except BrokenPipeError:
+        raise BrokenPipeError(stopped("output closed")) from None
     return model
 
 
 def main(argv=None):
+    """The command line, callable from a notebook too: train.main(["--epochs", "3"])
+    returns the trained model. User errors end in one line and a non-zero exit."""
     args = parse_args(argv)
     try:
-        train(args)
+        return train(args)
+    except BrokenPipeError as closed:
+        silence_stdout()
+        sys.exit(f"train.py: {closed}")
     except (ValueError, OSError, FloatingPointError) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"train.py: error: {error}")
     except KeyboardInterrupt as stop:
-        print(f"\n{stop or 'interrupted before training began; nothing was saved'}", file=sys.stderr)
+        print(f"\ntrain.py: {stop}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -49,11 +49,13 @@ class VAE(nn.Module):
         h = self.encoder(x.flatten(start_dim=1))
         return self.mu(h), self.logvar(h)
 
-    def reparameterize(self, mu, logvar):
+    def reparameterize(self, mu, logvar, generator=None):
         """A sample z ~ N(mu, exp(logvar)) written as mu + sigma * eps with eps ~ N(0, I),
-        so that gradients flow to mu and logvar through the sampling."""
+        so that gradients flow to mu and logvar through the sampling. eps comes from
+        generator when one is given, else from torch's global random state."""
         std = torch.exp(0.5 * logvar)
-        return mu + std * torch.randn_like(std)
+        eps = torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
+        return mu + std * eps
 
     def decode(self, z):
         """Pixel intensities in [0, 1] for latent codes z of shape (B, z_dims)."""
