@@ -8,17 +8,23 @@ synthetic digits written as IDX files, so torchvision's real loading code runs.
 import io
 import os
 import re
+import shutil
 import stat
 import struct
 import subprocess
 import sys
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.distributions import Normal
 
+matplotlib.use("agg")  # tests never open a window, whatever display the machine has
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import plot_latents
 import train
@@ -541,22 +547,24 @@ def test_the_checkpoint_and_its_rename_reach_the_disk(tmp_path, monkeypatch):
     assert events == ["file", "replace", "folder"]
 
 
-def closed_pipe():
-    """The writing end of a pipe whose reader has gone, as after `| head`."""
+def run_into_closed_pipe(*command):
+    """Run a script with stdout the writing end of a pipe whose reader has gone, as
+    after `| head`, and stdout buffered, as Python buffers a pipe by default."""
     read, write = os.pipe()
     os.close(read)
-    return write
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        return subprocess.run([sys.executable, *command], cwd=HERE, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env=env)
+    finally:
+        os.close(write)
 
 
 def test_train_stops_in_one_line_when_its_output_is_closed(tmp_path, mnist_dir):
     # Catches: a BrokenPipeError traceback under `| head`, and a stop that hides what
     # was saved.
     out = tmp_path / "vae.pt"
-    write = closed_pipe()
-    run = subprocess.run([sys.executable, "train.py", "--data-dir", mnist_dir, "--out", str(out),
-                          "--epochs", "3", "--device", "cpu"],
-                         cwd=HERE, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
-    os.close(write)
+    run = run_into_closed_pipe("train.py", "--data-dir", mnist_dir, "--out", str(out), "--device", "cpu")
     assert run.returncode == 1
     assert run.stderr == f"train.py: output closed before training began; nothing was saved to {out}\n"
 
@@ -573,13 +581,18 @@ class TerminalStream(io.StringIO):
         return True
 
 
-def test_progress_bar_shows_in_a_terminal_and_a_notebook_only():
+def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatch):
     # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel),
     # or one whose frames fill a log file or CI's output.
     assert train.progress_visible(TerminalStream())
     assert train.progress_visible(KernelStream())
     assert not train.progress_visible(io.StringIO())
     assert not train.progress_visible(None)
+    for stream, shown in ((KernelStream(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        model = VAE()
+        train.train_epoch(model, train.make_step(model, train.make_optimizer(model, 1e-3)), digits[0])
+        assert ("batch" in stream.getvalue()) == shown
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
@@ -610,23 +623,38 @@ def test_progress_bar_reaches_a_terminal(tmp_path, mnist_dir):
     assert b"epoch 1/1" in run.stdout
 
 
-def test_messages_name_the_script_when_called_from_a_notebook(capsys, monkeypatch):
+def test_messages_name_the_script_when_called_from_a_notebook(tmp_path, capsys, monkeypatch):
     # Catches: messages that name ipykernel_launcher.py, argparse's guess from sys.argv.
     monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel.json"])
     err, _ = exits_with_one_line(capsys, lambda: train.main(["--epochs", "0"]), code=2)
     assert err.startswith("train.py: error: argument --epochs")
+    err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(["--n", "0"]), code=2)
+    assert err.startswith("plot_latents.py: error: argument --n")
+    err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
+        ["--checkpoint", str(tmp_path / "none.pt")]))
+    assert err.startswith("plot_latents.py: error: no checkpoint")
 
 
 # ---------------------------------------------------------------- plot_latents.py
 
+def picture(ax):
+    return np.asarray(ax.images[0].get_array())
+
+
+def tiles(grid, side=28):
+    """A picture cut back into its tiles, row-major: (rows * cols, side, side)."""
+    rows, cols = grid.shape[0] // side, grid.shape[1] // side
+    return grid.reshape(rows, side, cols, side).transpose(0, 2, 1, 3).reshape(-1, side, side)
+
+
 def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed():
-    # Catches: a flipped or transposed grid, i and j swapped, other dimensions not 0.
+    # Catches: a flipped or transposed grid, i and j swapped, other dimensions not 0,
+    # ticks that do not read in z units.
     torch.manual_seed(0)
     model = VAE(z_dims=3, num_hidden=16)
     n, limit, i, j = 4, 1.5, 2, 0
-    fig = plot_latents.plot_latents(model, i=i, j=j, n=n, limit=limit)
-    image = fig.axes[0].images[0]
-    grid = np.asarray(image.get_array())
+    ax = plot_latents.plot_latents(model, i=i, j=j, n=n, limit=limit)
+    grid = picture(ax)
     values = np.linspace(-limit, limit, n)
     assert grid.shape == (28 * n, 28 * n)
     for r in range(n):
@@ -636,36 +664,210 @@ def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed():
             expected = model.decoder(z).detach().reshape(28, 28).numpy()
             tile = grid[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28]
             np.testing.assert_allclose(tile, expected, atol=1e-6)
-    left, right, bottom, top = image.get_extent()
-    assert left < -limit < limit < right and bottom < -limit < limit < top
-    assert fig.axes[0].get_xlabel() == "Latent dimension 2"
-    assert fig.axes[0].get_ylabel() == "Latent dimension 0"
+    half = limit / (n - 1)  # each tile's centre sits at its z value
+    np.testing.assert_allclose(ax.images[0].get_extent(), [-limit - half, limit + half] * 2)
+    assert ax.get_xlabel() == "Latent dimension 2"
+    assert ax.get_ylabel() == "Latent dimension 0"
+    plt.close("all")
+
+
+def test_samples_are_the_seeded_prior_draws_decoded_row_major():
+    # Catches: samples not decoded from the seeded z ~ N(0, I) (a fixed z, the global
+    # random state, codes of real images), tiles column-major or flipped, grey levels
+    # rescaled.
+    torch.manual_seed(0)
+    model = VAE(z_dims=3, num_hidden=16)
+    n, seed = 3, 5
+    ax = plot_latents.plot_samples(model, n=n, seed=seed)
+    z = torch.randn(n * n, 3, generator=torch.Generator().manual_seed(seed))
+    expected = model.decoder(z).detach().reshape(n * n, 28, 28).numpy()
+    assert picture(ax).shape == (28 * n, 28 * n)
+    np.testing.assert_allclose(tiles(picture(ax)), expected, atol=1e-6)
+    assert ax.images[0].get_clim() == (0, 1) and ax.images[0].get_cmap().name == "gray"
+    assert "N(0, I)" in ax.get_title()
+    torch.manual_seed(1)  # the global random state must not matter; the seed must
+    assert np.array_equal(picture(plot_latents.plot_samples(model, n=n, seed=seed)), picture(ax))
+    assert not np.array_equal(picture(plot_latents.plot_samples(model, n=n, seed=seed + 1)), picture(ax))
+    plt.close("all")
+
+
+def test_reconstructions_are_the_images_over_decode_of_mu():
+    # Catches: reconstructions decoded from a sampled z (another picture on each call),
+    # the rows swapped or unlabelled, images other than the first n, a layout refused.
+    torch.manual_seed(0)
+    model = VAE(z_dims=3, num_hidden=16)
+    images = torch.rand(12, 1, 28, 28)
+    n = 5
+    ax = plot_latents.plot_reconstructions(model, images, n=n)
+    grid = picture(ax)
+    assert grid.shape == (2 * 28, n * 28)
+    x = images[:n].reshape(n, 784)
+    expected = model.decoder(model.mu(model.encoder(x))).detach().reshape(n, 28, 28).numpy()
+    np.testing.assert_array_equal(tiles(grid)[:n], images[:n, 0].numpy())
+    np.testing.assert_allclose(tiles(grid)[n:], expected, atol=1e-6)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["image", "decode(mu)"]
+    flat = plot_latents.plot_reconstructions(model, images.reshape(12, 784), n=n)
+    assert np.array_equal(picture(flat), grid)
+    plt.close("all")
+
+
+@pytest.mark.parametrize("images, n, message", [
+    (torch.rand(8, 784) * 255, 5, "divide"),
+    (torch.rand(8, 784) - 0.5, 5, "[0, 1]"),
+    (torch.rand(8, 784), 9, "1 <= n <= 8"),
+])
+def test_reconstructions_refuse_what_the_model_was_not_trained_on(images, n, message):
+    # Catches: pixels of 0 to 255 passed as they are, drawn as a plausible but wrong picture.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plot_latents.plot_reconstructions(VAE(), images, n=n)
+
+
+class SpecParts(nn.Module):
+    """Only what the specification's class has: encoder, mu, decoder, z_dims."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.mu, self.decoder, self.z_dims = model.encoder, model.mu, model.decoder, model.z_dims
+
+
+PLOTS = {
+    "plot_latents": lambda model, ax: plot_latents.plot_latents(model, ax=ax),
+    "plot_samples": lambda model, ax: plot_latents.plot_samples(model, ax=ax),
+    "plot_reconstructions": lambda model, ax: plot_latents.plot_reconstructions(
+        model, torch.rand(10, 784), ax=ax),
+    "plot_posterior_means": lambda model, ax: plot_latents.plot_posterior_means(
+        torch.randn(50, 4), torch.randint(0, 10, (50,)), ax=ax),
+}
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_each_plot_draws_one_figure_and_returns_its_axes(name, monkeypatch):
+    # Catches: two pictures per call in Jupyter (a returned Figure is shown again beside
+    # the one the inline backend shows), an ax that is ignored, a plt.show() that
+    # empties the figure before a notebook user can save it, and a model that needs
+    # more than the specification's attributes.
+    monkeypatch.setattr(plt, "show", lambda *args, **kwargs: pytest.fail("plt.show() was called"))
+    model = SpecParts(VAE())
+    before = set(plt.get_fignums())
+    ax = PLOTS[name](model, None)
+    assert isinstance(ax, Axes)
+    assert set(plt.get_fignums()) - before == {ax.figure.number}
+    plt.close(ax.figure)
+    given = Figure().add_subplot()
+    assert PLOTS[name](model, given) is given and (given.images or given.collections)
+    assert set(plt.get_fignums()) == before
 
 
 @pytest.fixture
 def small_checkpoint(tmp_path):
     """A checkpoint of a non-default size, as train.py --z-dims 3 --hidden 32 writes it."""
     path = tmp_path / "small.pt"
+    torch.manual_seed(0)
     train.save_checkpoint(VAE(z_dims=3, num_hidden=32), str(path))
     return str(path)
 
 
-def test_cli_plots_a_checkpoint_of_any_size(tmp_path, small_checkpoint, mnist_dir, capsys):
-    # Catches: sizes assumed instead of read from the checkpoint; a plot that needs a display.
-    png = tmp_path / "grid.png"
-    plot_latents.main(["--checkpoint", small_checkpoint, "--i", "2", "--j", "1",
-                       "--out", str(png), "--scatter", "--data-dir", mnist_dir])
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot_latents.main draws, caught as it makes them."""
+    figures = []
+
+    class Caught(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+    monkeypatch.setattr(plot_latents, "Figure", Caught)
+    return figures
+
+
+def plot_cli(tmp_path, checkpoint, *flags):
+    """plot_latents.main in tmp_path, leaving pyplot alone; returns the PNGs written there."""
+    backend = matplotlib.get_backend()
+    figures = plt.get_fignums()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        plot_latents.main(["--checkpoint", checkpoint, *flags])
+    finally:
+        os.chdir(cwd)
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == figures
+    return sorted(p.name for p in tmp_path.glob("*.png"))
+
+
+def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, monkeypatch):
+    # Catches: --i, --j, --n or --limit not reaching the grid, a default name that ignores
+    # the dimensions, a switch of the session's backend, sizes assumed not read.
+    monkeypatch.setattr(plt, "switch_backend", lambda *args: pytest.fail("backend switched"))
+    flags = ["--i", "2", "--j", "0", "--n", "3", "--limit", "1.5"]
+    assert plot_cli(tmp_path, small_checkpoint, *flags) == ["latents_2_0.png"]
+    assert (tmp_path / "latents_2_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expected = plot_latents.plot_latents(plot_latents.load_model(small_checkpoint), 2, 0, 3, 1.5)
+    assert np.array_equal(picture(drawn[0].axes[0]), picture(expected))
+    assert drawn[0].axes[0].images[0].get_extent() == expected.images[0].get_extent()
+    plt.close("all")
+
+
+def parse_table(out):
+    """The rows of the --scatter table: dim, Var[mu], E[sigma^2], Var[z], KL."""
+    return np.array([[float(v) for v in line.split()]
+                     for line in out.splitlines() if re.fullmatch(r"\s+\d+(\s+[\d.]+){4}", line)])
+
+
+def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, small_checkpoint, mnist_dir, drawn, capsys):
+    # Catches: mu_i and mu_j on the wrong axes, a table column computed wrongly, a KL
+    # column that does not add up to the test KL train.py prints, a name shared with
+    # the plain grid.
+    assert plot_cli(tmp_path, small_checkpoint, "--scatter", "--i", "2", "--j", "1", "--limit", "1.5",
+                    "--data-dir", mnist_dir) == ["scatter_2_1.png"]
+    model = plot_latents.load_model(small_checkpoint)
+    images, labels = train.load_mnist(mnist_dir, train=False)
+    with torch.no_grad():
+        mu, logvar = model.encode(images)
+    grid, scatter = drawn[0].axes[:2]
+    assert grid.get_xlabel() == "Latent dimension 2" and grid.images[0].get_extent()[1] > 1.5
+    np.testing.assert_allclose(scatter.collections[0].get_offsets(), mu[:, [2, 1]].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(scatter.collections[0].get_array(), labels.numpy())
+
     out = capsys.readouterr().out
-    assert str(png) in out and "Var[mu]" in out
-    assert len(re.findall(r"^\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)) == 3
+    table = parse_table(out)
+    var_mu, mean_var = mu.var(0, correction=0).numpy(), logvar.exp().mean(0).numpy()
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean(0).numpy()
+    np.testing.assert_array_equal(table[:, 0], [0, 1, 2])
+    np.testing.assert_allclose(table[:, 1:], np.stack([var_mu, mean_var, var_mu + mean_var, kl], 1),
+                               atol=0.0006)
+    total = float(re.search(r"KL per image ([\d.]+)", out).group(1))
+    assert total == pytest.approx(train.evaluate(model, images)[1].item(), abs=0.006)
+    assert total == pytest.approx(table[:, 4].sum(), abs=0.006)
+    plt.close("all")
 
 
-def test_cli_default_output_name(tmp_path, small_checkpoint, monkeypatch):
-    # Catches: a default path that ignores the chosen dimensions.
-    monkeypatch.chdir(tmp_path)
-    plot_latents.main(["--checkpoint", small_checkpoint, "--i", "1", "--j", "2"])
-    assert (tmp_path / "latents_1_2.png").exists()
+def test_cli_samples_draws_the_prior_and_the_reconstructions(tmp_path, small_checkpoint, mnist_dir,
+                                                            drawn, capsys):
+    # Catches: --n or --seed not reaching the samples, reconstructions of the wrong images,
+    # a wrong error figure, a default name that overwrites another view's PNG.
+    assert plot_cli(tmp_path, small_checkpoint, "--samples", "--n", "3", "--seed", "4",
+                    "--data-dir", mnist_dir) == ["samples.png"]
+    model = plot_latents.load_model(small_checkpoint)
+    images, _ = train.load_mnist(mnist_dir, train=False)
+    samples, reconstructions = drawn[0].axes
+    assert np.array_equal(picture(samples), picture(plot_latents.plot_samples(model, n=3, seed=4)))
+    assert np.array_equal(picture(reconstructions),
+                          picture(plot_latents.plot_reconstructions(model, images, n=10)))
+    with torch.no_grad():
+        error = ((model.decode(model.encode(images)[0]) - images) ** 2).sum().item() / len(images)
+    printed = float(re.search(r"squared error of ([\d.]+) per image", capsys.readouterr().out).group(1))
+    assert printed == pytest.approx(error, abs=0.006)
+    assert plot_cli(tmp_path, small_checkpoint, "--samples", "--data-dir", mnist_dir,
+                    "--out", "mine.png") == ["mine.png", "samples.png"]
+    plt.close("all")
+
+
+def test_cli_show_without_a_display_says_so(tmp_path, small_checkpoint, capsys):
+    # Catches: --show ignored, or a figure left open where no window can show it.
+    figures = plt.get_fignums()
+    plot_latents.main(["--checkpoint", small_checkpoint, "--out", str(tmp_path / "grid.png"), "--show"])
+    assert "no display here to --show on" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").exists() and plt.get_fignums() == figures
 
 
 class RunsCode:
@@ -685,15 +887,17 @@ class RunsCode:
     ("good", ["--n", "0"], "--n"),
     ("good", ["--limit", "0"], "--limit"),
     ("good", ["--limit", "nan"], "--limit"),
+    ("good", ["--scatter", "--samples"], "not allowed with"),
     ("missing", [], "python train.py"),
+    ("folder", [], "is a folder"),
     ("random bytes", [], "loads safely"),
-    ("other model", [], "not a VAE state_dict"),
+    ("other model", [], "holds 2 entries (weight, bias) and lacks encoder.0.weight, encoder.0.bias and 12 more"),
     ("runs code", [], "loads safely"),
 ])
 def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, flags, message):
     # Catches: plotting a nonsense pair, negative indices read from the end, a traceback,
-    # and above all a checkpoint that runs code when it is loaded.
-    path = {"good": small_checkpoint, "missing": str(tmp_path / "none.pt")}.get(
+    # a message too long to read, and above all a checkpoint that runs code when loaded.
+    path = {"good": small_checkpoint, "missing": str(tmp_path / "none.pt"), "folder": str(tmp_path)}.get(
         case, str(tmp_path / "bad.pt"))
     marker = tmp_path / "code-ran"
     if case == "random bytes":
@@ -704,7 +908,7 @@ def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, f
         torch.save({"mu.weight": RunsCode(str(marker))}, path)
     err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
         ["--checkpoint", path, "--out", str(tmp_path / "x.png"), *flags]))
-    assert message in err
+    assert message in err and len(err.replace(path, "")) < 200
     assert not marker.exists()
     assert not (tmp_path / "x.png").exists()
 
@@ -715,3 +919,11 @@ def test_plot_cli_error_is_one_line_without_traceback(tmp_path):
                          cwd=HERE, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0 and "python train.py" in run.stderr
+
+
+def test_plot_stops_quietly_when_its_output_is_closed(tmp_path, small_checkpoint):
+    # Catches: a BrokenPipeError traceback under `| head`.
+    run = run_into_closed_pipe("plot_latents.py", "--checkpoint", small_checkpoint,
+                               "--out", str(tmp_path / "grid.png"))
+    assert run.returncode == 1 and run.stderr == ""
+    assert (tmp_path / "grid.png").exists()
