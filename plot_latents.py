@@ -7,7 +7,7 @@
 The grid decodes n x n latent points spread evenly over [-limit, limit]^2 in
 dimensions i and j, with every other dimension at 0, the prior's mean. The scatter
 shows where the encoder puts the test images, to compare with the prior N(0, I).
-The samples are digits decoded from z ~ N(0, I), shown beside test images and
+The samples are digits decoded from z ~ N(0, I), shown above test images and
 their reconstructions.
 
 Every plotting function draws on ax when given, else on a new figure, and returns
@@ -248,7 +248,7 @@ def draw_scatter(new_figure, model, args):
 
 
 def draw_samples(new_figure, model, args):
-    """Prior samples beside test images and their reconstructions, and the
+    """Prior samples above test images and their reconstructions, and the
     reconstruction error over the whole test set."""
     images, _ = load_mnist(args.data_dir, train=False)
     fig = new_figure(figsize=(8, 9.3), layout="constrained")
@@ -285,8 +285,8 @@ def parse_args(argv=None):
     view.add_argument("--scatter", action="store_true",
                       help="add the test set's posterior means beside the grid and print their spread (needs MNIST)")
     view.add_argument("--samples", action="store_true",
-                      help="draw digits from the prior N(0, I) beside test images and their reconstructions "
-                           "(needs MNIST)")
+                      help="draw digits from the prior N(0, I), with test images and their reconstructions "
+                           "below (needs MNIST)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the z of --samples")
     p.add_argument("--data-dir", default="data", metavar="DIR",
                    help="folder holding MNIST/raw, for --scatter and --samples")
