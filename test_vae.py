@@ -927,3 +927,61 @@ def test_plot_stops_quietly_when_its_output_is_closed(tmp_path, small_checkpoint
                                "--out", str(tmp_path / "grid.png"))
     assert run.returncode == 1 and run.stderr == ""
     assert (tmp_path / "grid.png").exists()
+
+
+# ---------------------------------------------------------------- README.md
+
+@pytest.fixture
+def notebook_folder(tmp_path, mnist_dir, monkeypatch):
+    """A folder as a student's notebook sees it: the data in data/, the scripts importable."""
+    shutil.copytree(mnist_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_readme_python_blocks_run_and_the_hand_loop_reproduces_train_py(notebook_folder, capsys):
+    # Catches: a README whose notebook code has drifted from the code, and a training
+    # loop by hand that, with train.py's seed, does not give train.py's weights.
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
+    assert len(blocks) >= 5
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    plt.close("all")
+    assert "epoch 3  train loss" in capsys.readouterr().out
+    by_main = train.main(["--epochs", "3", "--device", "cpu", "--out", "check.pt"])
+    assert same_weights(namespace["model"].state_dict(), by_main.state_dict())
+
+
+KERNEL_CELLS = [  # a notebook's cells, and how many pictures each must show
+    ("import matplotlib.pyplot as plt\nimport train, plot_latents\n"
+     "model = train.main(['--epochs', '1', '--device', 'cpu'])\n"
+     "images, labels = train.load_mnist('data', train=False)", 0),
+    ("plot_latents.plot_samples(model)", 1),
+    ("ax = plot_latents.plot_reconstructions(model, images)", 1),
+    ("plot_latents.plot_latents(model)\nplt.show()", 1),
+    ("fig, (left, right) = plt.subplots(1, 2)\nplot_latents.plot_samples(model, ax=left)\n"
+     "plot_latents.plot_posterior_means(plot_latents.posterior_stats(model, images)[0], labels, ax=right)", 1),
+    ("plot_latents.main(['--samples'])", 0),
+    ("plot_latents.plot_samples(model)", 1),
+    ("import matplotlib\nprint(matplotlib.get_backend())", 0),
+]
+
+
+def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(notebook_folder):
+    # Catches, where nbclient and ipykernel are installed (they are not requirements):
+    # a figure shown twice or not at all, a main() that switches the session's backend,
+    # and a progress bar a notebook hides.
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    sources = [f"import sys\nsys.path.insert(0, {HERE!r})"] + [source for source, _ in KERNEL_CELLS]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook_folder)}}).execute()
+    cells = notebook.cells[1:]
+    shown = [sum("image/png" in output.get("data", {}) for output in cell.outputs) for cell in cells]
+    assert shown == [pictures for _, pictures in KERNEL_CELLS]
+    assert any(o.get("name") == "stderr" and "batch" in o.text for o in cells[0].outputs)  # the bar
+    assert "inline" in cells[-1].outputs[0].text
