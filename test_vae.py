@@ -570,7 +570,7 @@ def test_train_stops_in_one_line_when_its_output_is_closed(tmp_path, mnist_dir):
 
 
 class KernelStream(io.StringIO):
-    """Stands for stderr in a Jupyter kernel: ipykernel's OutStream, no terminal."""
+    """Stands for stdout or stderr in a Jupyter kernel: ipykernel's OutStream, no terminal."""
 
 
 KernelStream.__module__ = "ipykernel.iostream"
@@ -581,18 +581,24 @@ class TerminalStream(io.StringIO):
         return True
 
 
-def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatch):
+@pytest.mark.parametrize("stdout, stderr, bar", [
+    (KernelStream(), KernelStream(), "stdout"),  # Jupyter: beside the epoch lines
+    (io.StringIO(), TerminalStream(), "stderr"),  # a terminal, stdout redirected or not
+    (TerminalStream(), TerminalStream(), "stderr"),
+    (TerminalStream(), io.StringIO(), None),  # a log: no frames in it
+    (io.StringIO(), io.StringIO(), None),
+    (io.StringIO(), None, None),  # pythonw: no stderr at all
+])
+def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatch, stdout, stderr, bar):
     # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel),
     # or one whose frames fill a log file or CI's output.
-    assert train.progress_visible(TerminalStream())
-    assert train.progress_visible(KernelStream())
-    assert not train.progress_visible(io.StringIO())
-    assert not train.progress_visible(None)
-    for stream, shown in ((KernelStream(), True), (io.StringIO(), False)):
-        monkeypatch.setattr(sys, "stderr", stream)
-        model = VAE()
-        train.train_epoch(model, train.make_step(model, train.make_optimizer(model, 1e-3)), digits[0])
-        assert ("batch" in stream.getvalue()) == shown
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    model = VAE()
+    train.train_epoch(model, train.make_step(model, train.make_optimizer(model, 1e-3)), digits[0])
+    shown = [name for name, stream in (("stdout", stdout), ("stderr", stderr))
+             if stream is not None and "batch" in stream.getvalue()]
+    assert shown == ([bar] if bar else [])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
@@ -983,5 +989,5 @@ def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(notebook_folder):
     cells = notebook.cells[1:]
     shown = [sum("image/png" in output.get("data", {}) for output in cell.outputs) for cell in cells]
     assert shown == [pictures for _, pictures in KERNEL_CELLS]
-    assert any(o.get("name") == "stderr" and "batch" in o.text for o in cells[0].outputs)  # the bar
+    assert any(o.get("name") == "stdout" and "batch" in o.text for o in cells[0].outputs)  # the bar
     assert "inline" in cells[-1].outputs[0].text

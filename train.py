@@ -117,13 +117,19 @@ class CUDAGraphStep:
         return self.loss.clone()  # the next replay overwrites self.loss in place
 
 
-def progress_visible(stream):
-    """Whether a progress bar belongs on stream: yes in a terminal, and in a Jupyter
-    kernel (Colab's included), whose stream is no terminal but redraws the bar in
-    place; no in a file, a pipe or CI, whose log would fill with its frames."""
-    if stream is None:  # pythonw on Windows has no stderr at all
-        return False
-    return type(stream).__module__.startswith("ipykernel.") or stream.isatty()
+def progress_stream():
+    """Where the progress bar goes, or None for nowhere.
+
+    In a Jupyter kernel (Colab's included), whose streams are no terminal but redraw
+    a line in place: stdout, so that each epoch's line takes the place of the
+    finished bar, as it does in a terminal. In a terminal: stderr. In a file, a pipe
+    or CI: nowhere, since the log would fill with the bar's frames.
+    """
+    if type(sys.stdout).__module__.startswith("ipykernel."):
+        return sys.stdout
+    if sys.stderr is not None and sys.stderr.isatty():  # pythonw has no stderr at all
+        return sys.stderr
+    return None
 
 
 def train_epoch(model, step, images, batch_size=128):
@@ -137,8 +143,8 @@ def train_epoch(model, step, images, batch_size=128):
     model.train()
     order = torch.randperm(len(images)).to(images.device)
     total = torch.zeros((), device=images.device)
-    batches = range(0, len(images), batch_size)
-    for start in tqdm(batches, unit="batch", leave=False, disable=not progress_visible(sys.stderr)):
+    batches, stream = range(0, len(images), batch_size), progress_stream()
+    for start in tqdm(batches, unit="batch", leave=False, file=stream, disable=stream is None):
         total += step(images[order[start:start + batch_size]])
     return total / len(images)
 
