@@ -312,6 +312,9 @@ def main(argv=None):
         sys.exit(1)
     except (ValueError, OSError) as error:
         sys.exit(f"plot_latents.py: error: {error}")
+    except KeyboardInterrupt:
+        print("\nplot_latents.py: interrupted", file=sys.stderr)
+        sys.exit(130)
     if not args.show:
         return
     if plt.get_backend().lower() == "agg":

@@ -501,11 +501,13 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["vae.pt"]
 
 
-def test_ctrl_c_before_the_first_epoch_says_so(tmp_path, mnist_dir, capsys, monkeypatch):
-    # Catches: an empty line instead of the message when Ctrl-C lands while MNIST loads.
+@pytest.mark.parametrize("where", ["pick_device", "load_mnist"])
+def test_ctrl_c_before_the_first_epoch_says_so(tmp_path, mnist_dir, capsys, monkeypatch, where):
+    # Catches: an empty line instead of the message when Ctrl-C lands while CUDA starts
+    # or MNIST loads.
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "load_mnist", interrupt)
+    monkeypatch.setattr(train, where, interrupt)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
     assert "interrupted before training began; nothing was saved to" in err
 
@@ -917,6 +919,16 @@ def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, f
     assert message in err and len(err.replace(path, "")) < 200
     assert not marker.exists()
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_ctrl_c_ends_in_one_line(small_checkpoint, capsys, monkeypatch):
+    # Catches: a traceback when Ctrl-C lands while MNIST or the checkpoint loads.
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(plot_latents, "load_mnist", interrupt)
+    err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
+        ["--checkpoint", small_checkpoint, "--samples"]), code=130)
+    assert "interrupted" in err
 
 
 def test_plot_cli_error_is_one_line_without_traceback(tmp_path):

@@ -150,16 +150,16 @@ def train_epoch(model, step, images, batch_size=128):
 
 
 @torch.no_grad()
-def evaluate(model, images, batch_size=1000, recon="mse", seed=0):
+def evaluate(model, images, batch_size=1000, recon="mse"):
     """The negative ELBO per image on images, as two 0-d tensors (reconstruction, KL),
     from one sample of z per image.
 
-    z is drawn from a generator of its own, seeded afresh on each call: the figures
+    z is drawn from a generator of its own, seeded with 0 on each call: the figures
     are then a function of the weights alone, and evaluating never moves the random
     state that training draws its shuffles and z from.
     """
     model.eval()
-    generator = torch.Generator(images.device).manual_seed(seed)
+    generator = torch.Generator(images.device).manual_seed(0)
     reconstruction = torch.zeros((), device=images.device)
     kl = torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
@@ -283,8 +283,6 @@ def train(args):
 
     Ctrl-C and a closed stdout stop it with a message that says what was saved.
     """
-    device = pick_device(args.device)
-    check_writable(args.out)
     epoch = saved = 0
 
     def kept():
@@ -294,6 +292,8 @@ def train(args):
         return f"{what} {f'in epoch {epoch}' if epoch else 'before training began'}; {kept()}"
 
     try:
+        device = pick_device(args.device)
+        check_writable(args.out)
         threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
         print(f"device: {device}{threads}", flush=True)
         train_images, _ = load_mnist(args.data_dir, train=True, device=device)
