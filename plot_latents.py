@@ -13,7 +13,6 @@ their reconstructions.
 Every plotting function draws on ax when given, else on a new figure, and returns
 the Axes, as pandas and seaborn do; none calls plt.show().
 """
-import argparse
 import math
 import sys
 
@@ -239,12 +238,12 @@ def draw_scatter(new_figure, model, args):
     left, right = fig.subplots(1, 2)
     plot_latents(model, args.i, args.j, args.n, args.limit, ax=left)
     plot_posterior_means(mu, labels, args.i, args.j, args.limit, ax=right)
+    rows = zip(spread.tolist(), variance.tolist(), kl.tolist())
     return fig, [f"\nq(z) on {len(images)} test images; by the law of total variance "
-            "Var[z] = Var[mu] + E[sigma^2], about 1 where q(z) matches N(0, I):",
-            "  dim  Var[mu]  E[sigma^2]  Var[z]     KL",
-            *(f"  {k:3d}  {s:7.3f}  {v:10.3f}  {s + v:6.3f}  {d:5.3f}"
-              for k, (s, v, d) in enumerate(zip(spread.tolist(), variance.tolist(), kl.tolist()))),
-            f"KL per image {kl.sum().item():.2f}: the sum of the column, and the test KL train.py printed"]
+                 "Var[z] = Var[mu] + E[sigma^2], about 1 where q(z) matches N(0, I):",
+                 "  dim  Var[mu]  E[sigma^2]  Var[z]     KL",
+                 *(f"  {k:3d}  {s:7.3f}  {v:10.3f}  {s + v:6.3f}  {d:5.3f}" for k, (s, v, d) in enumerate(rows)),
+                 f"KL per image {kl.sum().item():.2f}: the sum of the column, and the test KL train.py printed"]
 
 
 def draw_samples(new_figure, model, args):
@@ -257,7 +256,7 @@ def draw_samples(new_figure, model, args):
     plot_reconstructions(model, images, 10, ax=bottom)
     error = reconstruction_loss(reconstruct(model, images), images).item() / len(images)
     return fig, [f"decode(mu) reconstructs the {len(images)} test images "
-            f"with a squared error of {error:.2f} per image"]
+                 f"with a squared error of {error:.2f} per image"]
 
 
 VIEWS = {  # what each view draws, and the PNG it writes unless --out says otherwise
