@@ -39,7 +39,7 @@ def load_model(path):
         raise ValueError(f"{path} is not a state_dict that loads safely: only tensors are read, "
                          "never pickled objects or code") from None
     keys = list(VAE().state_dict())
-    if not (isinstance(state, dict) and list(state) == keys
+    if not (isinstance(state, dict) and set(state) == set(keys)
             and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise ValueError(f"{path} is not a VAE state_dict: {what_is_wrong(state, keys)}")
     num_hidden, input_size = state["encoder.0.weight"].shape

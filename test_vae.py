@@ -802,6 +802,14 @@ def plot_cli(tmp_path, checkpoint, *flags):
     return sorted(p.name for p in tmp_path.glob("*.png"))
 
 
+def test_a_state_dict_in_another_order_loads(tmp_path):
+    # Catches: a check that compares the keys' order, not the keys.
+    state = VAE(z_dims=3, num_hidden=32).state_dict()
+    path = str(tmp_path / "reversed.pt")
+    torch.save(dict(reversed(state.items())), path)
+    assert same_weights(plot_latents.load_model(path).state_dict(), state)
+
+
 def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, monkeypatch):
     # Catches: --i, --j, --n or --limit not reaching the grid, a default name that ignores
     # the dimensions, a switch of the session's backend, sizes assumed not read.
@@ -900,6 +908,8 @@ class RunsCode:
     ("folder", [], "is a folder"),
     ("random bytes", [], "loads safely"),
     ("other model", [], "holds 2 entries (weight, bias) and lacks encoder.0.weight, encoder.0.bias and 12 more"),
+    ("extra entry", [], "holds entries a VAE has not: step"),
+    ("not a tensor", [], "some of its entries are not tensors"),
     ("runs code", [], "loads safely"),
 ])
 def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, flags, message):
@@ -912,6 +922,10 @@ def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, f
         (tmp_path / "bad.pt").write_bytes(os.urandom(1000))
     elif case == "other model":
         torch.save(nn.Linear(3, 2).state_dict(), path)
+    elif case == "extra entry":
+        torch.save({**VAE().state_dict(), "step": torch.tensor(3)}, path)
+    elif case == "not a tensor":
+        torch.save({**VAE().state_dict(), "mu.bias": [0.0] * 4}, path)
     elif case == "runs code":
         torch.save({"mu.weight": RunsCode(str(marker))}, path)
     err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
