@@ -119,7 +119,10 @@ def exits_with_one_line(capsys, call, code=None):
     the SystemExit here. Returns (that line, what went to stdout).
     """
     with pytest.raises(SystemExit) as stop:
-        call()
+        try:
+            call()
+        except KeyboardInterrupt:  # left to escape, it would end the whole test session
+            pytest.fail("KeyboardInterrupt escaped: the user would see a traceback")
     assert stop.value.code not in (0, None)
     if code is not None:
         assert stop.value.code == code
@@ -448,6 +451,11 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     assert "train-images-idx3-ubyte" in err
 
 
+def interrupt(*args, **kwargs):
+    """Stands for Ctrl-C landing in whatever it replaces."""
+    raise KeyboardInterrupt
+
+
 def on_second_call(monkeypatch, name, instead):
     """Make the second call of train.<name> run instead(real, *args, **kwargs)."""
     real, calls = getattr(train, name), []
@@ -476,8 +484,6 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, capsys, mo
 def test_ctrl_c_keeps_the_last_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch, where):
     # Catches: a traceback on Ctrl-C, or a message that misstates what was saved,
     # whether the interrupt comes while training or while saving.
-    def interrupt(real, *args, **kwargs):
-        raise KeyboardInterrupt
     on_second_call(monkeypatch, where, interrupt)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
     assert "interrupted in epoch 2" in err and "holds epoch 1" in err
@@ -505,8 +511,6 @@ def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
 def test_ctrl_c_before_the_first_epoch_says_so(tmp_path, mnist_dir, capsys, monkeypatch, where):
     # Catches: an empty line instead of the message when Ctrl-C lands while CUDA starts
     # or MNIST loads.
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
     monkeypatch.setattr(train, where, interrupt)
     err, _ = exits_with_one_line(capsys, lambda: run_train(tmp_path, mnist_dir), code=130)
     assert "interrupted before training began; nothing was saved to" in err
@@ -937,8 +941,6 @@ def test_plot_bad_inputs_are_refused(tmp_path, small_checkpoint, capsys, case, f
 
 def test_plot_ctrl_c_ends_in_one_line(small_checkpoint, capsys, monkeypatch):
     # Catches: a traceback when Ctrl-C lands while MNIST or the checkpoint loads.
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
     monkeypatch.setattr(plot_latents, "load_mnist", interrupt)
     err, _ = exits_with_one_line(capsys, lambda: plot_latents.main(
         ["--checkpoint", small_checkpoint, "--samples"]), code=130)
