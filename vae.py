@@ -144,12 +144,14 @@ def iwae_bound(model, x, k=1, recon="mse", generator=None):
     mu, logvar = model.mu(h), model.logvar(h)
     std = torch.exp(0.5 * logvar)
     chunk = max(1, 1024 // len(x))
-    log_weights = []
+    # Filled in place, not gathered in a list: small tensors kept between the large
+    # temporaries of each chunk would fragment the heap, which then grows by gigabytes.
+    log_weights = torch.empty(k, len(x), dtype=mu.dtype, device=mu.device)
     for start in range(0, k, chunk):
         eps = torch.randn((min(chunk, k - start), *mu.shape), generator=generator,
                           dtype=mu.dtype, device=mu.device)
         z = mu + std * eps
         # log p(z) - log q(z|x) for the two diagonal Gaussians; their ln(2 pi) terms cancel.
         log_prior_over_posterior = 0.5 * (eps.pow(2) + logvar - z.pow(2)).sum(-1)
-        log_weights.append(log_likelihood(model.decoder(z), x, recon) + log_prior_over_posterior)
-    return torch.logsumexp(torch.cat(log_weights), 0) - torch.tensor(float(k)).log()
+        log_weights[start:start + len(eps)] = log_likelihood(model.decoder(z), x, recon) + log_prior_over_posterior
+    return torch.logsumexp(log_weights, 0) - torch.tensor(float(k)).log()
