@@ -545,7 +545,8 @@ def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, f
     # Catches: any flag ignored or misrouted (each differs from its default in the second
     # case), a wrong printed figure (train loss and its terms, test -ELBO and its terms),
     # a train loss labelled a -ELBO when beta is not 1, a history whose rows are not the
-    # printed figures, and a main() that does not return the model it saved.
+    # printed figures or do not say their units, and a main() that does not return the
+    # model it saved.
     path = str(tmp_path / "vae.pt")
     returned = train.main(["--data-dir", mnist_dir, "--out", path, "--epochs", "2",
                            "--batch-size", "32", "--device", "cpu", "--iwae", "0", *flags])
@@ -561,6 +562,8 @@ def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, f
     assert tuple(rows[0]) == train.HISTORY_COLUMNS
     assert [int(row[0]) for row in rows[1:]] == list(range(1, len(figures) + 1))
     np.testing.assert_allclose([[float(v) for v in row[1:7]] for row in rows[1:]], printed, atol=0.0051)
+    units = (round(log_likelihood_constant(settings.get("recon", "mse")), 4), int(settings.get("binarize", False)))
+    assert {(float(row[8]), int(row[9])) for row in rows[1:]} == {units}
     saved = load(path)
     assert same_weights(returned.state_dict(), saved)
     for k, v in model.state_dict().items():  # fused Adam against torch's default: not bitwise
