@@ -1,6 +1,7 @@
 """Draw a trained VAE as pictures: its latent space, the digits it generates, and how it learned.
 
     python plot_latents.py --i 0 --j 1             # writes latents_0_1.png
+    python plot_latents.py --spacing quantile      # writes latents_0_1_quantile.png
     python plot_latents.py --i 0 --j 1 --scatter   # writes scatter_0_1.png
     python plot_latents.py --samples               # writes samples.png
     python plot_latents.py --interpolate           # writes interpolation.png
@@ -336,12 +337,14 @@ def history_columns(history, name="the history given"):
         raise ValueError(f"{name} is not a history written by train.py: some figures are not numbers") from None
 
 
-def history_units(columns):
+def history_units(columns, terms=False):
     """What a history's figures measure, for the y axis: they depend on --recon
-    (the nats the squared error leaves out) and on --binarize."""
+    (the nats the squared error leaves out, of the -ELBO and its reconstruction
+    term, never of the KL) and on --binarize."""
     left_out, binary = columns["nats_left_out"][0], columns["binarized"][0]
     if left_out:
-        return f"nats per image, less {left_out:.2f} (squared error: a Gaussian decoder)"
+        return (f"nats per image, recon less {left_out:.2f}" if terms else
+                f"nats per image, less {left_out:.2f}") + " (squared error: a Gaussian decoder)"
     if binary:
         return "nats per image (cross-entropy on binarized pixels: a Bernoulli decoder)"
     return "cross-entropy per image (on grey pixels: not a log-likelihood)"
@@ -358,7 +361,7 @@ def plot_curves(history, ax=None, terms=False, label=None):
     """
     name = os.fspath(history) if isinstance(history, (str, os.PathLike)) else label or "the history given"
     columns = read_history(history) if isinstance(history, (str, os.PathLike)) else history_columns(history)
-    units = history_units(columns)
+    units = history_units(columns, terms)
     if ax is not None and ax.get_ylabel() not in ("", units):
         raise ValueError(f"{name} is in {units}; the curves already drawn are in {ax.get_ylabel()}: "
                          "draw them apart")
@@ -487,7 +490,8 @@ def parse_args(argv=()):
                                      "the quantile grid takes no limit)")
     p.add_argument("--out", metavar="PATH",
                    help="PNG to write; {i} and {j} stand for the two dimensions (default: latents_{i}_{j}.png, "
-                        "or the view's name: scatter_{i}_{j}.png, samples.png, interpolation.png, curves.png)")
+                        "or the view's name: scatter_{i}_{j}.png, samples.png, interpolation.png, curves.png; "
+                        "with --spacing quantile, _quantile before .png)")
     p.add_argument("--show", action="store_true", help="also open a window")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--scatter", dest="view", action="store_const", const="scatter",
@@ -530,6 +534,8 @@ def main(argv=()):
     if args is None:
         return
     draw, default_out, _ = VIEWS[args.view]
+    if args.spacing == "quantile":  # a name of its own, so as not to replace the linear grid's
+        default_out = default_out.replace(".png", "_quantile.png")
     out = (args.out or default_out).replace("{i}", str(args.i)).replace("{j}", str(args.j))
     try:
         out = png_path(out)

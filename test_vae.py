@@ -898,15 +898,15 @@ def test_iwae_prints_the_table_of_bounds(tmp_path, mnist_dir, capsys, recon):
     rows = [[float(v) if v else None for v in row] for row in BOUND_ROW.findall(out)]
     constant = log_likelihood_constant(recon)
     assert [row[0] for row in rows] == [1, 10, 20]
-    np.testing.assert_allclose([row[1] for row in rows], [table[k] - constant for k in (1, 10, 20)], atol=0.006)
+    np.testing.assert_allclose([row[1] for row in rows], [table[k] for k in (1, 10, 20)], atol=0.006)
     if recon == "mse":
-        np.testing.assert_allclose([row[2] for row in rows], [table[k] for k in (1, 10, 20)], atol=0.006)
+        np.testing.assert_allclose([row[2] for row in rows], [table[k] - constant for k in (1, 10, 20)], atol=0.006)
     else:
         assert all(row[2] is None for row in rows)
     gap = float(re.search(r"-L_1 - \(-L_20\) = ([\d.]+) nats", out).group(1))
     assert gap == pytest.approx(table[1] - table[20], abs=0.006) and gap > 0
     first = printed_epochs(out)[-1][3]
-    assert rows[0][1] == pytest.approx(first, abs=1.0)  # the -ELBO line, from one z per image
+    assert rows[0][1] - constant == pytest.approx(first, abs=1.0)  # the -ELBO line, from one z per image
     train.main(["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--epochs", "1",
                 "--batch-size", "32", "--device", "cpu", "--iwae", "0"])
     assert "-L_k" not in capsys.readouterr().out
@@ -1353,11 +1353,14 @@ def test_a_state_dict_in_another_order_loads(tmp_path):
 
 def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, monkeypatch):
     # Catches: --i, --j, --n or --limit not reaching the grid, a default name that ignores
-    # the dimensions, a switch of the session's backend, sizes assumed not read.
+    # the dimensions or the spacing, a switch of the session's backend, sizes assumed
+    # not read.
     monkeypatch.setattr(plt, "switch_backend", lambda *args: pytest.fail("backend switched"))
     flags = ["--i", "2", "--j", "0", "--n", "3", "--limit", "1.5"]
     assert plot_cli(tmp_path, small_checkpoint, *flags) == ["latents_2_0.png"]
     assert (tmp_path / "latents_2_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_cli(tmp_path, small_checkpoint, "--i", "2", "--j", "0", "--spacing", "quantile") == [
+        "latents_2_0.png", "latents_2_0_quantile.png"]  # the linear grid's picture is kept
     expected = plot_latents.plot_latents(plot_latents.load_model(small_checkpoint), 2, 0, 3, 1.5)
     assert np.array_equal(picture(drawn[0].axes[0]), picture(expected))
     assert drawn[0].axes[0].images[0].get_extent() == expected.images[0].get_extent()
@@ -1394,8 +1397,9 @@ def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, spread_checkpoint,
     # dashed square that marks it; mu_i and mu_j on the wrong axes; a table column computed
     # wrongly (Var[mu] with another variance correction among them); a KL column that
     # does not add up to the test KL train.py prints; a name shared with the plain grid.
+    name = "scatter_2_1_quantile.png" if "quantile" in flags else "scatter_2_1.png"
     assert plot_cli(tmp_path, spread_checkpoint, "--scatter", "--i", "2", "--j", "1", *flags,
-                    "--data-dir", mnist_dir) == ["scatter_2_1.png"]
+                    "--data-dir", mnist_dir) == [name]
     model = plot_latents.load_model(spread_checkpoint)
     images, labels = train.load_mnist(mnist_dir, train=False)
     with torch.no_grad():
@@ -1498,6 +1502,8 @@ def test_curves_say_their_units_and_refuse_to_mix_them(tmp_path):
     write_histories(tmp_path)
     ax = plot_latents.plot_curves(plot_latents.read_history(tmp_path / "vae.csv"))
     assert ax.get_ylabel() == "nats per image, less 448.73 (squared error: a Gaussian decoder)"
+    terms = plot_latents.plot_curves(HISTORY, terms=True)  # the KL is in plain nats: only the recon is less
+    assert terms.get_ylabel() == "nats per image, recon less 448.73 (squared error: a Gaussian decoder)"
     bce = [{**row, "nats_left_out": 0, "binarized": 1} for row in HISTORY]
     with pytest.raises(ValueError, match="draw them apart"):
         plot_latents.plot_curves(bce, ax=ax, label="bce run")
@@ -1677,7 +1683,7 @@ def test_readme_python_blocks_run_and_the_hand_loop_reproduces_train_py(notebook
         torch.set_num_threads(threads)  # the hand loop sets train.py's count
     assert "epoch 3  train -ELBO" in capsys.readouterr().out
     by_main = train.main(["--epochs", "3", "--device", "cpu", "--out", "check.pt", "--iwae", "0"])
-    assert same_weights(namespace["model"].state_dict(), by_main.state_dict())
+    assert same_weights(namespace["by_hand"].state_dict(), by_main.state_dict())
 
 
 KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a text it must show

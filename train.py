@@ -256,19 +256,20 @@ def iwae_table(model, images, k_max=50, recon="mse", batch_size=100):
 
 
 def bound_report(table, recon="mse", binarized=False):
-    """The lines train.py prints for iwae_table's table: each -L_k on the scale of
-    the -ELBO lines (with mse, less the decoder's constant, then in nats), the gap
-    between the ELBO and the best bound, and what kind of figures they are."""
+    """The lines train.py prints for iwae_table's table: each -L_k in nats, as the
+    table holds it, and with mse also less the decoder's constant, on the scale of
+    the -ELBO lines; then the gap between the ELBO and the best bound, and what
+    kind of figures they are."""
     constant = log_likelihood_constant(recon)
     lines = ["test -log p(x) bounds per image, from k samples z ~ q(z|x) each (-L_k; k = 1: the -ELBO):",
-             "      k    -L_k" + ("   in nats" if constant else "")]
+             "      k  -L_k, nats" + (f"  less {constant:.2f}, as above" if constant else "")]
     for k, figure in table.items():
-        lines.append(f"  {k:5d}  {figure - constant:6.2f}" + (f"  {figure:8.2f}" if constant else ""))
+        lines.append(f"  {k:5d}  {figure:10.2f}" + (f"  {figure - constant:10.2f}" if constant else ""))
     if len(table) > 1:
         best = min(table, key=table.get)
         lines += [f"-L_1 - (-L_{best}) = {table[1] - table[best]:.2f} nats: on average KL(q(z|x) || p(z|x)), what the",
                   f"encoder's Gaussian misses of the true posterior, is at least that; -log p(x) <= -L_{best}"]
-    lines.append(f"(--recon mse: -L_k leaves out {constant:.2f} nats, as the -ELBO lines do; the last column has them)"
+    lines.append(f"(--recon mse: the -ELBO lines leave out {constant:.2f} nats of the Gaussian decoder's density)"
                  if constant else "(--recon bce on binary pixels: log-likelihoods in nats, as papers report them)"
                  if binarized else "(--recon bce on grey pixels: not a likelihood; --binarize makes it one)")
     return lines
