@@ -287,7 +287,8 @@ def narrow_posteriors(z_dims=3, input_size=784, hidden=32):
 def test_iwae_bound_with_one_sample_is_the_elbo(kind):
     # Catches: a log-weight without log p(z) - log q(z|x) or with its sign flipped, the
     # decoder's constant left out, z not drawn from q(z|x) (mu alone, or sigma from
-    # logvar wrongly), both layouts not accepted, a generator that is not used.
+    # logvar wrongly), both layouts not accepted, a generator that is not used, a
+    # bound that needs more than the specification's class has.
     model = narrow_posteriors()
     x = torch.rand(5, 1, 28, 28)
     if kind == "bce":
@@ -295,6 +296,9 @@ def test_iwae_bound_with_one_sample_is_the_elbo(kind):
     first = iwae_bound(model, x, 1, kind, torch.Generator().manual_seed(7))
     assert first.shape == (5,)
     assert torch.equal(iwae_bound(model, x.reshape(5, 784), 1, kind, torch.Generator().manual_seed(7)), first)
+    spec = SpecVAE(z_dims=3, num_hidden=32)  # only the specification's attributes are needed
+    spec.load_state_dict(model.state_dict())
+    assert torch.equal(iwae_bound(spec, x, 1, kind, torch.Generator().manual_seed(7)), first)
     # One draw: the log-weight log p(x|z) + log p(z) - log q(z|x), from torch.distributions.
     mu, logvar = model.encode(x)
     eps = torch.randn((1, 5, 3), generator=torch.Generator().manual_seed(7))[0]
@@ -467,7 +471,7 @@ def test_cuda_graph_buffer_is_sized_from_the_batches_that_occur(tmp_path, mnist_
 
 def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
     # Catches: a broken command line, a checkpoint the specification's class cannot load,
-    # a loss that does not fall, a temporary file left behind.
+    # a loss that does not fall, a temporary file left behind, no bound table by default.
     out = tmp_path / "vae.pt"
     run = subprocess.run([sys.executable, "train.py", "--data-dir", mnist_dir, "--out", str(out),
                           "--epochs", "2", "--batch-size", "32", "--device", "cpu"],
@@ -477,6 +481,7 @@ def test_cli_trains_and_saves_a_state_dict(tmp_path, mnist_dir):
     assert len(losses) == 2 and losses[1] < losses[0]
     assert "epoch 2/2" in run.stdout and "device: cpu" in run.stdout
     assert "\r" not in run.stdout + run.stderr and "batch" not in run.stderr  # no bar frames in a log
+    assert [row[0] for row in BOUND_ROW.findall(run.stdout)] == ["1", "10", "50"]  # --iwae 50 by default
     state = load(out)
     SpecVAE().load_state_dict(state)
     VAE().load_state_dict(state)
