@@ -89,7 +89,8 @@ def default_threads():
     threads and each ending when the slowest thread is done. When another program
     takes a core that one of the threads needs, every one of those waits lasts as
     long as the system takes to give that thread its turn back: on a 2-core machine
-    with one core busy, 2 threads train 4 to 70 times slower than 1 thread does.
+    with one core busy, 2 threads trained 2.3 to 5 times slower than 1 thread did
+    (69 times, in one measurement of two trainings at once).
     Half the CPUs leaves room for that program, or for a second training. More
     than 4 cannot help: the step's largest element-wise operations (128 x 784
     values) are split into at most 4 pieces.
