@@ -5,6 +5,7 @@ The class is the specification's: same constructor, attribute names, state_dict 
 and forward outputs. The functions below use only those attributes, so a student's own
 copy of the class works with them too. This file imports only torch.
 """
+
 import math
 
 import torch
@@ -62,7 +63,7 @@ class VAE(nn.Module):
 
 def encode(model, x):
     """The parameters (mu, logvar) of q(z|x), from any model with the specification's
-    encoder, mu and logvar layers."""
+    encoder, mu and logvar layers, for images (B, 1, 28, 28) or (B, 784)."""
     h = model.encoder(x.flatten(start_dim=1))
     return model.mu(h), model.logvar(h)
 
@@ -72,7 +73,8 @@ def reparameterize(mu, logvar, generator=None):
     logvar through the sample (the reparameterisation trick). eps comes from generator
     when one is given, else from torch's global random state."""
     std = torch.exp(0.5 * logvar)
-    return mu + std * torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
+    eps = torch.randn(std.shape, generator=generator, dtype=std.dtype, device=std.device)
+    return mu + std * eps
 
 
 def kl_divergence(mu, logvar):
@@ -92,7 +94,7 @@ def reconstruction_loss(x_prime, x, kind="mse"):
     (the specification's choice); "bce" the cross-entropy of a Bernoulli decoder."""
     check_kind(kind)
     loss = F.mse_loss if kind == "mse" else F.binary_cross_entropy
-    return loss(x_prime, x.flatten(start_dim=1), reduction="sum")
+    return loss(x_prime.flatten(start_dim=1), x.flatten(start_dim=1), reduction="sum")
 
 
 def negative_elbo(x_prime, x, mu, logvar, beta=1.0, recon="mse"):
@@ -117,7 +119,8 @@ def log_likelihood(x_prime, x, kind="mse"):
     x = x.flatten(start_dim=1)
     if kind == "mse":
         return -(x_prime - x).pow(2).sum(-1) - log_likelihood_constant("mse", x.shape[1])
-    return (x * x_prime.log().clamp(min=-100) + (1 - x) * (-x_prime).log1p().clamp(min=-100)).sum(-1)
+    log_p, log_not_p = x_prime.log().clamp(min=-100), (-x_prime).log1p().clamp(min=-100)
+    return (x * log_p + (1 - x) * log_not_p).sum(-1)
 
 
 @torch.no_grad()
@@ -125,8 +128,9 @@ def iwae_bound(model, x, k=1, recon="mse", generator=None):
     """Burda et al.'s (2015, eq. 8) k-sample bound L_k on log p(x) per image, in nats,
     shape (B,): L_k = log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x).
 
-    Averaged over draws L_1 is the ELBO; L_k rises with k towards log p(x). Codes are
-    decoded about 1024 at a time, so memory does not grow with k.
+    Averaged over draws, L_1 is the ELBO, and the average of L_k rises with k and tends to
+    log p(x) (Burda et al., Theorem 1). Codes are decoded about 1024 at a time, so memory does
+    not grow with k.
     """
     check_kind(recon)
     if k < 1:
@@ -139,9 +143,13 @@ def iwae_bound(model, x, k=1, recon="mse", generator=None):
     # temporaries fragment the heap, which then grows by gigabytes.
     log_weights = torch.empty(k, len(x), dtype=mu.dtype, device=mu.device)
     for start in range(0, k, chunk):
-        eps = torch.randn((min(chunk, k - start), *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
+        shape = (min(chunk, k - start), *mu.shape)
+        eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
         z = mu + std * eps
+        decoded = model.decoder(z.flatten(end_dim=1)).reshape(len(z), len(x), -1)
         # log p(z) - log q(z|x) for the two diagonal Gaussians; their ln(2 pi) terms cancel.
         log_prior_over_posterior = 0.5 * (eps.pow(2) + logvar - z.pow(2)).sum(-1)
-        log_weights[start:start + len(eps)] = log_likelihood(model.decoder(z), x, recon) + log_prior_over_posterior
+        log_weights[start : start + len(z)] = (
+            log_likelihood(decoded, x, recon) + log_prior_over_posterior
+        )
     return torch.logsumexp(log_weights, 0) - math.log(k)
