@@ -1,7 +1,9 @@
 """Train the VAE on MNIST with Adam; save its state_dict and a CSV of every epoch's figures.
 
-    python train.py --epochs 10
+python train.py --epochs 10
+python train.py --resume --epochs 30   # go on to epoch 30, as if never stopped
 """
+
 import argparse
 import contextlib
 import math
@@ -11,271 +13,447 @@ import sys
 import tempfile
 import time
 
+# MKL's strict reproducible mode: a matrix product gives the same bits on any number of
+# threads, so the thread count chosen each epoch never changes the weights. MKL reads this
+# once, at torch's first matrix product, so it is set before torch is imported.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 import torch
 from tqdm import tqdm
 
-from vae import VAE, encode, iwae_bound, kl_divergence, log_likelihood_constant, reconstruction_loss, reparameterize
+import vae
+from vae import VAE
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "test_nelbo", "test_recon", "test_kl",
-                   "seconds", "nats_left_out", "binarized")  # the last two: the nats mse leaves out, --binarize
+# The flags that shape the weights: --resume takes them from the saved run.
+TRAINING_FLAGS = ("z_dims", "hidden", "lr", "beta", "recon", "batch_size", "binarize", "seed")
 
-def load_mnist(data_dir, train=True, device="cpu"):
-    """One MNIST split, (images (N, 784) in [0, 1], labels (N,)), from data_dir/MNIST/raw (downloaded if missing)."""
-    from torchvision import datasets  # here: it takes seconds to import, and only this needs it
-    raw = os.path.join(data_dir, "MNIST", "raw")
-    if os.path.isfile(os.path.join(data_dir, MNIST_FILES[2])):
-        raise FileNotFoundError(f"--data-dir {data_dir} holds the MNIST files themselves; give the folder above MNIST")
-    try:
-        split = datasets.MNIST(data_dir, train=train, download=True)
-    except Exception as error:  # torchvision fails in many ways on a bad copy: say which files
-        reason = (str(error).strip() or type(error).__name__).splitlines()[-1]
-        if all(os.path.isfile(os.path.join(raw, name)) for name in MNIST_FILES):
-            raise ValueError(f"{' or '.join(MNIST_FILES[:2] if train else MNIST_FILES[2:])} in {raw} is damaged, "
-                             f"cut short or not MNIST's ({reason}); copy it there again, unzipped") from None
-        raise FileNotFoundError(f"MNIST is not in {raw} and could not be downloaded ({reason}); put the files "
-                                f"{', '.join(MNIST_FILES)} there, or give --data-dir the folder above MNIST") from None
-    return split.data.to(device).flatten(start_dim=1).float().div_(255), split.targets.to(device)
 
-def binarize_once(images, seed=0):
-    """Each pixel drawn once as 0 or 1, its intensity the probability: the same binary test set in every run."""
-    return torch.bernoulli(images.cpu(), generator=torch.Generator().manual_seed(seed)).to(images.device)
-
-def make_optimizer(model, lr):
-    """Adam, its update fused into one kernel on the CPU and CUDA (torch 2.4 has none on MPS)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=next(model.parameters()).device.type in ("cpu", "cuda"))
-
-def make_step(model, optimizer, beta=1.0, recon="mse"):
-    """step(x): one Adam update on the batch x, minimising recon + beta * KL; returns both terms, on the device."""
-    def step(x):
-        x_prime, mu, logvar = model(x)
-        reconstruction, kl = reconstruction_loss(x_prime, x, recon), kl_divergence(mu, logvar)
-        optimizer.zero_grad(set_to_none=True)
-        (reconstruction + beta * kl).backward()
-        optimizer.step()
-        return torch.stack([reconstruction.detach(), kl.detach()])
-    return step
-
-def train_epoch(model, step, images, batch_size=128, binarize=False):
-    """One pass of step over the shuffled (and binarized) images; returns the terms per image, on the device."""
+def train_epoch(
+    model, optimizer, images, batch_size=128, beta=1.0, recon="mse", binarize=False, threads="auto"
+):
+    """One pass of Adam over the shuffled images, each batch's loss recon + beta * KL. Returns
+    both terms per image, on the device. On the CPU it picks its threads as train.py does."""
     model.train()
     order = torch.randperm(len(images)).to(images.device)
     total = torch.zeros(2, device=images.device)
+    threads = ThreadChoice(threads if images.device.type == "cpu" else None)
     for start in progress(range(0, len(images), batch_size)):
-        x = images[order[start:start + batch_size]]
-        total += step(torch.bernoulli(x) if binarize else x)
+        x = images[order[start : start + batch_size]]
+        if binarize:
+            x = torch.bernoulli(x)  # pixels drawn anew as 0 or 1, each time an image is used
+        with threads.timing():
+            x_prime, mu, logvar = model(x)
+            reconstruction = vae.reconstruction_loss(x_prime, x, recon)
+            kl = vae.kl_divergence(mu, logvar)
+            optimizer.zero_grad(set_to_none=True)
+            (reconstruction + beta * kl).backward()
+            optimizer.step()
+        total += torch.stack([reconstruction.detach(), kl.detach()])
     return total / len(images)
+
 
 @torch.no_grad()
 def evaluate(model, images, recon="mse"):
-    """The -ELBO's terms per image, z drawn from a generator seeded with 0: figures of the weights alone."""
+    """The -ELBO's two terms per image, z drawn from a generator seeded with 0: figures of the
+    weights alone, which leave training's random state as it was."""
     model.eval()
-    mu, logvar = encode(model, images)
-    x_prime = model.decoder(reparameterize(mu, logvar, torch.Generator(images.device).manual_seed(0)))
-    return torch.stack([reconstruction_loss(x_prime, images, recon), kl_divergence(mu, logvar)]) / len(images)
+    mu, logvar = vae.encode(model, images)
+    z = vae.reparameterize(mu, logvar, torch.Generator(images.device).manual_seed(0))
+    reconstruction = vae.reconstruction_loss(model.decoder(z), images, recon)
+    return torch.stack([reconstruction, vae.kl_divergence(mu, logvar)]) / len(images)
 
-def train(args):
-    """Train as the flags say, saving after every epoch; Ctrl-C raises KeyboardInterrupt(what was saved).model."""
-    history, rows, model, saved, where = history_path(args.out), [], None, 0, "before training began"
-    kept = lambda: f"{args.out} and {history} hold epoch {saved}" if saved else f"nothing was saved to {args.out}"
+
+def make_optimizer(model, lr):
+    """Adam, its update fused into one kernel on the CPU and CUDA (torch 2.4 has none on MPS)."""
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+
+
+def train(args, resumed=None):
+    """Train as the flags say, from the start or on from `resumed` (a saved run), saving after
+    each epoch. Ctrl-C stops it with a line saying what was saved; a notebook gets the model."""
+    where, saved, model = "before training began", 0, None
     threads_before = torch.get_num_threads()
     try:
         device = pick_device(args.device)
         check_out(args.out)
-        (train_images, _), (test_images, _) = (load_mnist(args.data_dir, split, device) for split in (True, False))
-        test_images = binarize_once(test_images) if args.binarize else test_images
+        train_images, _ = load_mnist(args.data_dir, train=True, device=device)
+        test_images, _ = load_mnist(args.data_dir, train=False, device=device)
+        if args.binarize:
+            test_images = binarize_once(test_images)
         torch.manual_seed(args.seed)
         model = VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
-        step = make_step(model, make_optimizer(model, args.lr), args.beta, args.recon)
-        if device.type == "cpu":
-            step = ThreadTuner(step, args.threads, math.ceil(len(train_images) / args.batch_size))
-        print(f"device: {device}" + (f" ({step.said})" if device.type == "cpu" else ""))
-        for epoch in range(1, args.epochs + 1):
+        optimizer = make_optimizer(model, args.lr)
+        history = restore(resumed, model, optimizer, device) if resumed else []
+        saved = len(history)
+        if saved >= args.epochs:
+            print(f"{args.out} holds epoch {saved} of --epochs {args.epochs}: nothing left to do")
+            return model
+        say_what_happens_to(args.out, saved, args.resume)
+        print(device_line(device, args.threads))
+        names = ("batch_size", "beta", "recon", "binarize", "threads")  # train_epoch's, as flags
+        options = {name: getattr(args, name) for name in names}
+        for epoch in range(saved + 1, args.epochs + 1):
             where = f"in epoch {epoch}"
             start = time.perf_counter()
-            train_terms = train_epoch(model, step, train_images, args.batch_size, args.binarize)
-            figures = torch.cat([train_terms, evaluate(model, test_images, args.recon)]).tolist()
-            seconds = time.perf_counter() - start
-            for name, value in zip(("train reconstruction", "train KL", "test reconstruction", "test KL"), figures):
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the {name} became {value} {where}; {kept()}; try a lower --lr")
-            train_recon, train_kl, test_recon, test_kl = figures
-            train_loss = train_recon + args.beta * train_kl
-            rows.append([round(v, 4) for v in (  # in the order of HISTORY_COLUMNS
-                epoch, train_loss, train_recon, train_kl, test_recon + test_kl, test_recon, test_kl, seconds,
-                log_likelihood_constant(args.recon), int(args.binarize))])
-            save(model, rows, args.out)
+            terms = train_epoch(model, optimizer, train_images, **options)
+            train_recon, train_kl = terms.tolist()
+            test_recon, test_kl = evaluate(model, test_images, args.recon).tolist()
+            row = {
+                "epoch": epoch,
+                "train_loss": train_recon + args.beta * train_kl,
+                "train_recon": train_recon,
+                "train_kl": train_kl,
+                "test_nelbo": test_recon + test_kl,
+                "test_recon": test_recon,
+                "test_kl": test_kl,
+                "seconds": time.perf_counter() - start,
+                "nats_left_out": vae.log_likelihood_constant(args.recon),  # what the row's
+                "binarized": int(args.binarize),  # figures measure: see the README
+            }
+            for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
+                if not math.isfinite(row[name]):
+                    kept = f"{args.out} holds epoch {saved}"
+                    raise FloatingPointError(
+                        f"{name} became {row[name]} {where}; {kept}; lower --lr"
+                    )
+            history.append({name: round(value, 4) for name, value in row.items()})
+            save(model, optimizer, history, args)
             saved = epoch
-            n = torch.get_num_threads()
-            print(f"epoch {epoch}/{args.epochs}  "
-                + (f"train -ELBO {train_loss:.2f} (recon {train_recon:.2f} + KL {train_kl:.2f})" if args.beta == 1
-                   else f"train loss {train_loss:.2f} (recon {train_recon:.2f} + {args.beta:g} x KL {train_kl:.2f})")
-                + f"  test -ELBO {test_recon + test_kl:.2f} (recon {test_recon:.2f} + KL {test_kl:.2f})  {seconds:.2f}s"
-                + (f" on {n} thread{'s' * (n > 1)}" if device.type == "cpu" else ""))
-        print(f"saved {args.out} and {history}")
+            print(epoch_line(row, args, device))
+        print(f"saved {args.out} and {beside(args.out, '.csv')}")
         if args.iwae and args.beta == 0:
-            print("\n--beta 0: a plain autoencoder, whose -ELBO and bound on log p(x) mean little; no bound table")
+            print("\n--beta 0: a plain autoencoder, whose bound on log p(x) means little: no table")
         elif args.iwae:
             where = "while bounding log p(x)"
-            print("", *bound_report(iwae_table(model, test_images, args.iwae, args.recon), args.recon, args.binarize),
-                  sep="\n")
-    except KeyboardInterrupt:
-        stop = KeyboardInterrupt(f"interrupted {where}; {kept()}")
-        stop.model = model
-        raise stop from None
-    except BrokenPipeError:  # `| head`
-        raise BrokenPipeError(f"output closed {where}; {kept()}") from None
+            table = iwae_table(model, test_images, args.iwae, args.recon)
+            print("", *bound_report(table, args.recon, args.binarize), sep="\n")
+    except (KeyboardInterrupt, BrokenPipeError) as stop:
+        kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
+        kept = (
+            f"{kept}; --resume goes on from there" if saved else f"nothing was saved to {args.out}"
+        )
+        if isinstance(stop, BrokenPipeError):  # the Python docs' recipe for a closed stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(f"train.py: output closed {where}; {kept}")
+        print(f"\ntrain.py: interrupted {where}; {kept}", file=sys.stderr)
+        if not in_notebook():
+            sys.exit(130)  # a script ends, as after any Ctrl-C; a notebook goes on
+        if model is not None:
+            print("returning the model as it is now", file=sys.stderr)
     finally:
         torch.set_num_threads(threads_before)
     return model
 
+
+def epoch_line(row, args, device):
+    """What train.py prints after each epoch, filled in from the epoch's history row."""
+    train = "train -ELBO {train_loss:.2f} (recon {train_recon:.2f} + KL {train_kl:.2f})"
+    if args.beta != 1:  # recon + beta * KL: what Adam minimised
+        train = train.replace("-ELBO", "loss").replace("KL", "{beta:g} x KL")
+    test = "test -ELBO {test_nelbo:.2f} (recon {test_recon:.2f} + KL {test_kl:.2f})"
+    line = "  ".join(["epoch {epoch}/{epochs}", train, test, "{seconds:.2f}s"])
+    line = line.format(**row, epochs=args.epochs, beta=args.beta)
+    if device.type == "cpu":
+        line += f" on {counted(torch.get_num_threads(), 'thread')}"
+    return line
+
+
 @torch.no_grad()
 def iwae_table(model, images, k_max=50, recon="mse", batch_size=100):
-    """{k: -L_k}, the bound on -log p(x) per image in nats from k = 1 (the -ELBO), 10, ... k_max samples z ~ q(z|x)."""
+    """{k: -L_k}: the mean bound on -log p(x) per image in nats, from k = 1 (the -ELBO), 10,
+    100, ... and k_max samples z ~ q(z|x), drawn from a generator seeded with 0."""
     model.eval()
     generator = torch.Generator(images.device).manual_seed(0)
     sizes = [10**p for p in range(len(str(k_max))) if 10**p < k_max] + [k_max]
     totals = torch.zeros(len(sizes), device=images.device)
     for start in progress(range(0, len(images), batch_size)):
-        x = images[start:start + batch_size]
-        totals -= torch.stack([iwae_bound(model, x, k, recon, generator).sum() for k in sizes])
+        x = images[start : start + batch_size]
+        totals -= torch.stack([vae.iwae_bound(model, x, k, recon, generator).sum() for k in sizes])
     return dict(zip(sizes, (totals / len(images)).tolist()))
 
+
 def bound_report(table, recon="mse", binarized=False):
-    """The lines train.py prints for iwae_table's table, with the gap between the ELBO and the best bound."""
-    c, best = log_likelihood_constant(recon), min(table, key=table.get)
-    gap = f"-L_1 - (-L_{best}) = {table[1] - table[best]:.2f} nats <= KL(q(z|x) || p(z|x)), the ELBO's gap, on average"
-    return ["test -log p(x) bounds per image, from k samples z ~ q(z|x) each (-L_k; k = 1: the -ELBO):",
-            "      k  -L_k, nats" + (f"  less {c:.2f}, as above" if c else ""),
-            *(f"  {k:5d}  {v:10.2f}" + (f"  {v - c:10.2f}" if c else "") for k, v in table.items()),
-            *([gap] if len(table) > 1 else []),
-            f"(--recon mse: the -ELBO lines leave out {c:.2f} nats of the Gaussian decoder's density)" if c else
-            "(--recon bce on binary pixels: log-likelihoods in nats, as papers report them)" if binarized else
-            "(--recon bce on grey pixels: not a likelihood; --binarize makes it one)"]
+    """The lines train.py prints for iwae_table's table, and what its first and last rows say."""
+    left_out = vae.log_likelihood_constant(recon)
+    lines = ["test -log p(x) bounds per image, from k samples z ~ q(z|x) (-L_k; k = 1: the -ELBO):"]
+    if left_out:
+        lines.append(f"      k  -L_k, nats  less {left_out:.2f}, as above")
+        lines += [f"  {k:5d}  {v:10.2f}  {v - left_out:10.2f}" for k, v in table.items()]
+    else:
+        lines.append("      k  -L_k, nats")
+        lines += [f"  {k:5d}  {v:10.2f}" for k, v in table.items()]
+    if len(table) > 1:
+        k = max(table)
+        gap = f"-L_1 - (-L_{k}) = {table[1] - table[k]:.2f} nats"
+        lines.append(f"{gap}: on average the ELBO falls short of log p(x) by at least this")
+    if not left_out and not binarized:
+        lines.append("(--recon bce on grey pixels: not a likelihood; --binarize makes it one)")
+    return lines
+
+
+def load_mnist(data_dir, train=True, device="cpu"):
+    """One MNIST split, (images (N, 784) in [0, 1], labels (N,)), from data_dir/MNIST/raw,
+    downloaded there if missing."""
+    from torchvision import datasets  # here: it takes seconds to import, and only this needs it
+
+    raw = os.path.join(data_dir, "MNIST", "raw")
+    files = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    if os.path.isfile(os.path.join(data_dir, files[2])):
+        raise FileNotFoundError(f"--data-dir {data_dir} holds MNIST's files; give the folder above")
+    try:
+        split = datasets.MNIST(data_dir, train=train, download=True)
+    except Exception:  # torchvision fails in many ways on a bad copy: say which files
+        if not all(os.path.isfile(os.path.join(raw, name)) for name in files):
+            fix = "copy its four files there (README: Troubleshooting)"
+            raise FileNotFoundError(f"no MNIST in {raw}, and no download: {fix}") from None
+        names = " or ".join(files[:2] if train else files[2:])
+        fix = "copy it there again, unzipped"
+        raise ValueError(f"{names} in {raw} is damaged, cut short or not MNIST's; {fix}") from None
+    images = split.data.to(device).flatten(start_dim=1).float().div_(255)
+    return images, split.targets.to(device)
+
+
+def binarize_once(images, seed=0):
+    """Each pixel drawn once as 0 or 1, its intensity the probability, from a generator of its
+    own: the same binary test set in every run."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
 
 
 # ---------------------------------------------------------------- the command line
 
-def checked(convert, test, wanted):
-    """An argparse type: convert the text, then refuse it unless test(value) holds."""
-    def parse(text):
-        with contextlib.suppress(ValueError):
-            if test(convert(text)):
-                return convert(text)
-        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
-    return parse
 
-def parse_args(argv=()):
-    """The flags, from a list or a string of them; none means the defaults, in a notebook too."""
+def parse_args(argv=(), saved=None):
+    """The flags, from a list or a string of them; none means the defaults, in a notebook too.
+    `saved`, a run's TRAINING_FLAGS, replaces their defaults."""
     count = checked(int, lambda v: v > 0, "a positive integer")
-    p = argparse.ArgumentParser(prog="train.py", description="Train the MNIST VAE and save its state_dict.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=count, default=10, metavar="N", help="passes over the training set")
-    p.add_argument("--batch-size", type=count, default=128, metavar="N", help="images per Adam step")
-    p.add_argument("--lr", type=checked(float, lambda v: 0 < v < math.inf, "a positive finite number"),
-                   default=1e-3, metavar="LR", help="Adam's learning rate")
-    p.add_argument("--z-dims", type=count, default=4, metavar="N", help="latent dimensions")
-    p.add_argument("--hidden", type=count, default=128, metavar="N", help="units in each hidden layer")
-    p.add_argument("--beta", type=checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-                   default=1.0, metavar="B", help="weight of the KL term: 1 is the true ELBO, 0 a plain autoencoder")
-    p.add_argument("--recon", choices=("mse", "bce"), default="mse", help="squared error (Gaussian) or cross-entropy")
-    p.add_argument("--binarize", action="store_true", help="train on pixels drawn anew as 0 or 1 each time, test "
-                   "on a test set binarized once (with --recon bce: true nats)")
-    p.add_argument("--iwae", type=checked(int, lambda v: v >= 0, "an integer >= 0"), default=50, metavar="K",
-                   help="then bound -log p(x) on the test set with k = 1, 10, ... up to K samples; 0 skips it")
-    p.add_argument("--seed", type=checked(int, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1"),
-                   default=0, metavar="N", help="seeds the weights, the shuffles, z and the binary pixels")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda, mps or cpu")
-    p.add_argument("--threads", type=checked(lambda t: t if t == "auto" else int(t), lambda v: v == "auto" or v > 0,
-                   "auto or a count"), default="auto", metavar="N", help="CPU threads; auto: the fastest of 1, 2 and 4")
-    p.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw")
-    p.add_argument("--out", default="vae.pt", metavar="PATH", help="checkpoint, its history beside it (vae.csv)")
-    return p.parse_args(argv.split() if isinstance(argv, str) else list(argv))
+    rate = checked(float, lambda v: 0 < v < math.inf, "a positive number")
+    weight = checked(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+    samples = checked(int, lambda v: v >= 0, "an integer >= 0")
+    seed = checked(int, lambda v: 0 <= v < 2**64, "from 0 to 2**64 - 1")
+    threads = checked(lambda t: t if t == "auto" else int(t), lambda v: v != 0, "auto or a count")
+    p = ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--epochs", type=count, default=10, help="passes over the data, in all")
+    p.add_argument("--resume", action="store_true", help="go on with the run saved at --out")
+    p.add_argument("--batch-size", type=count, default=128, help="images per Adam step")
+    p.add_argument("--lr", type=rate, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--z-dims", type=count, default=4, help="latent dimensions")
+    p.add_argument("--hidden", type=count, default=128, help="units per hidden layer")
+    p.add_argument("--beta", type=weight, default=1.0, help="the KL's weight: 0, an autoencoder")
+    p.add_argument("--recon", choices=("mse", "bce"), default="mse", help="the decoder's loss")
+    p.add_argument("--binarize", action="store_true", help="pixels drawn as 0 or 1 (for nats)")
+    p.add_argument("--iwae", type=samples, default=50, help="bound log p(x) with 1, 10, ... K z")
+    p.add_argument("--seed", type=seed, default=0, help="seeds the weights, batches, z, pixels")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--threads", type=threads, default="auto", help="auto: the fastest of 1, 2, 4")
+    p.add_argument("--data-dir", default="data", help="the folder that holds MNIST/raw")
+    p.add_argument("--out", default="vae.pt", help="checkpoint; beside it .csv and .resume.pt")
+    if isinstance(argv, str):
+        argv = argv.split()
+    return p.parse_args(list(argv), argparse.Namespace(**saved) if saved else None)
+
 
 def main(argv=()):
-    """train.main(["--epochs", "3"]) returns the trained model (after Ctrl-C, as trained so far)."""
-    try:
-        return train(parse_args(argv))
-    except KeyboardInterrupt as stop:
-        model = getattr(stop, "model", None)
-        print(f"train.py: {stop}" + ("; returning the model as it is now" if model else ""), file=sys.stderr)
-        return model
+    """train.main(["--epochs", "3"]) in a notebook: the trained model (after Ctrl-C, as it is)."""
+    args = parse_args(argv)
+    resumed = load_resume_state(args.out) if args.resume else None
+    if resumed:  # the saved run's flags, unless one given differs from them
+        args = parse_args(argv, resumed["flags"])
+        for name, value in resumed["flags"].items():
+            flag = "--" + name.replace("_", "-")
+            if getattr(args, name) != value:
+                fix = f"leave {flag} out, or give --out a new name for a new run"
+                raise ValueError(f"--resume: {args.out} was trained with {flag} {value}; {fix}")
+    return train(args, resumed)
 
 
 # ---------------------------------------------------------------- nothing below is about VAEs
 
+
 def pick_device(name="auto"):
     """The torch.device for --device: auto takes cuda, then mps, then cpu."""
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    name = next(n for n in have if have[n]) if name == "auto" else name
-    if not have[name]:
-        raise ValueError(f"--device {name} was asked for, but this machine (torch {torch.__version__}) has no "
-                         f"{name.upper()}; use --device cpu or auto")
+    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return torch.device(next((n for n in have if have[n]), "cpu"))
+    if name != "cpu" and not have[name]:
+        machine = f"this machine (torch {torch.__version__}) has no {name.upper()}"
+        raise ValueError(f"--device {name} was asked for, but {machine}; use --device cpu or auto")
     return torch.device(name)
 
-class ThreadTuner:
-    """step on --threads CPU threads; with auto, on the fastest of 1, 2 and 4, timed on each epoch's first steps:
-    a step's threads wait for the slowest, so one wins many times over while another program holds a core."""
 
-    def __init__(self, step, threads, steps_per_epoch):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self.counts = [n for n in (1, 2, 4) if n <= cpus] if threads == "auto" else [threads]
-        self.step, self.every, self.calls = step, steps_per_epoch, 0
-        self.said = (f"threads: each epoch runs on the fastest of {' and '.join(map(str, self.counts))}, timed on "
-                     "its first steps") if threads == "auto" else f"{threads} thread{'s' * (threads > 1)}"
+def thread_counts(threads):
+    """The thread counts to time: 1, 2 and 4, as far as this process's CPUs go, or the one given."""
+    if threads != "auto":
+        return [threads]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [n for n in (1, 2, 4) if n <= cpus]
 
-    def __call__(self, x):
-        if self.calls % self.every == 0:  # an epoch begins: time 3 steps on each count, in turn
-            self.queue, self.times = self.counts * 3, {n: [] for n in self.counts}
-        self.calls += 1
+
+def device_line(device, threads):
+    if device.type != "cpu":
+        return f"device: {device}"
+    if threads != "auto":
+        return f"device: cpu ({counted(threads, 'thread')})"
+    counts = " and ".join(map(str, thread_counts(threads)))
+    return f"device: cpu (threads: each epoch runs on the fastest of {counts}, timed first)"
+
+
+class ThreadChoice:
+    """An epoch's first steps run on each thread count in turn, three each, timed; the rest on the
+    fastest. A step's threads wait for the slowest, so while another program holds a core one
+    thread can be many times faster than two. threads=None leaves torch's setting alone."""
+
+    def __init__(self, threads="auto"):
+        self.queue = thread_counts(threads) * 3 if threads else []
+        self.times = {n: [] for n in self.queue}
+
+    @contextlib.contextmanager
+    def timing(self):
         if not self.queue:
-            return self.step(x)
+            yield
+            return
         n = self.queue.pop(0)
         torch.set_num_threads(n)
         start = time.perf_counter()
-        out = self.step(x)
+        yield
         self.times[n].append(time.perf_counter() - start)
-        if self.times[n][-1] > 3 * min(map(min, filter(None, self.times.values()))):  # so slow: time it no more
+        fastest = min(min(times) for times in self.times.values() if times)
+        if self.times[n][-1] > 3 * fastest:  # so slow that it is timed no more
             self.queue = [m for m in self.queue if m != n]
-        if not self.queue:
-            torch.set_num_threads(min(self.counts, key=lambda n: statistics.median(self.times[n] or [math.inf])))
-        return out
+        if not self.queue:  # each count was timed at least once
+            torch.set_num_threads(min(self.times, key=lambda m: statistics.median(self.times[m])))
+
+
+def counted(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def checked(convert, test, wanted):
+    """An argparse type: convert the text, then refuse it unless test(value) holds."""
+
+    def parse(text):
+        with contextlib.suppress(ValueError):
+            value = convert(text)
+            if test(value):
+                return value
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+
+    return parse
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, but in a notebook a bad flag raises ValueError naming it, not SystemExit."""
+
+    def error(self, message):
+        if in_notebook():
+            raise ValueError(f"{self.prog}: {message}")
+        super().error(message)
+
+
+def in_notebook():
+    return type(sys.stdout).__module__.startswith("ipykernel.")
+
 
 def progress(iterable):
-    """A bar, erased when done: on stdout in a notebook, on stderr in a terminal, none in a file or a pipe."""
-    notebook = type(sys.stdout).__module__.startswith("ipykernel.")
-    return tqdm(iterable, unit="batch", leave=False, file=sys.stdout if notebook else sys.stderr,
-                disable=False if notebook else None)
+    """A bar, erased when done: on stdout in a notebook, on stderr in a terminal, none in a log."""
+    if in_notebook():
+        return tqdm(iterable, unit="batch", leave=False, file=sys.stdout)
+    return tqdm(iterable, unit="batch", leave=False, file=sys.stderr, disable=None)
 
-def history_path(checkpoint):
-    """The CSV of a run's figures, beside its checkpoint: vae.csv for vae.pt."""
-    return os.path.splitext(checkpoint)[0] + ".csv"
+
+def beside(checkpoint, ending):
+    """A file kept beside a checkpoint: for vae.pt, vae.csv (the history) or vae.resume.pt."""
+    return os.path.splitext(checkpoint)[0] + ending
+
+
+def say_what_happens_to(out, saved, resume):
+    """Before the first epoch: the run this goes on with, or the one it is about to replace."""
+    if saved:
+        print(f"resuming {out} after epoch {saved}")
+    elif resume:
+        print(f"--resume: no run saved at {out}; starting a new one")
+    elif os.path.exists(out):
+        epochs = "epochs unknown"
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(beside(out, ".csv")) as f:
+            epochs = counted(len(f.readlines()) - 1, "epoch")
+        keep = "to keep it, stop now and go on with --resume, or give --out a new name"
+        print(f"note: this run replaces {out} ({epochs}) after its first epoch; {keep}")
+
 
 def check_out(path):
     """Refuse an --out that cannot be written, before an epoch is spent on it."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--out {path} is a folder; give a file name such as {os.path.join(path, 'vae.pt')}")
-    try:
+    with contextlib.suppress(OSError):
         tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
-    except OSError as error:
-        raise type(error)(f"--out {path}: cannot write in its folder ({error.strerror}); create it first") from None
+        if not os.path.isdir(path):
+            return
+    raise OSError(f"--out {path}: give a file name in a folder that exists and can be written")
 
-def save(model, rows, path):
-    """Replace the checkpoint (on the CPU, to load anywhere), then its history: HISTORY_COLUMNS, then rows."""
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda f: torch.save(state, f))
-    text = "".join(",".join(map(str, row)) + "\n" for row in [HISTORY_COLUMNS, *rows])
-    write_atomically(history_path(path), lambda f: f.write(text.encode()))
+
+def save(model, optimizer, history, args):
+    """The checkpoint (a state_dict on the CPU, to load anywhere), its history, then what --resume
+    needs: each replaced whole. Whatever stops this, the last holds the earliest epoch."""
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}
+    if len(history) == 1:  # a new run's first save: an earlier run's state no longer matches
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(beside(args.out, ".resume.pt"))
+    write_atomically(args.out, lambda f: torch.save(weights, f))
+    rows = [history[0].keys()] + [row.values() for row in history]
+    text = "".join(",".join(map(str, row)) + "\n" for row in rows)
+    write_atomically(beside(args.out, ".csv"), lambda f: f.write(text.encode()))
+    state = {
+        "flags": {name: getattr(args, name) for name in TRAINING_FLAGS},
+        "history": history,
+        "model": weights,
+        "optimizer": optimizer.state_dict(),
+        "random": random_state(next(model.parameters()).device),
+    }
+    write_atomically(beside(args.out, ".resume.pt"), lambda f: torch.save(state, f))
+
+
+def load_resume_state(out):
+    """The run saved at out for --resume, or None where there is none."""
+    path = beside(out, ".resume.pt")
+    if not os.path.exists(path) and os.path.exists(out):
+        fix = "train anew without --resume"
+        raise FileNotFoundError(f"--resume: {out} has no {path} beside it to go on from; {fix}")
+    if not os.path.exists(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise ValueError(f"--resume: {path} is damaged; train anew without --resume") from None
+
+
+def random_state(device):
+    """The generators that shape the weights: the CPU's (the shuffles) and a GPU's (z and the
+    pixels drawn there; on the CPU, the CPU's)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type != "cpu":
+        state[device.type] = torch.get_device_module(device).get_rng_state()
+    return state
+
+
+def restore(resumed, model, optimizer, device):
+    """Put a saved run's weights, Adam's moments and random state back; returns its history."""
+    model.load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    torch.set_rng_state(resumed["random"]["cpu"])
+    if device.type in resumed["random"] and device.type != "cpu":  # saved on this kind of GPU
+        torch.get_device_module(device).set_rng_state(resumed["random"][device.type])
+    return resumed["history"]
+
 
 def write_atomically(path, write):
-    """Replace path with what write(f) writes, never half of it: a file beside it, synced, then renamed."""
+    """Replace path with what write(f) writes, never half of it: a file beside it, synced, then
+    renamed over it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        for wait in (0.1, 0.2, 0.4, 0.8, 1.6):  # Windows refuses while a virus scanner or sync client holds path
+        for wait in (0.1, 0.2, 0.4, 0.8, 1.6):  # Windows refuses while a scanner holds path
             try:
                 return os.replace(tmp, path)
             except PermissionError:
@@ -287,14 +465,8 @@ def write_atomically(path, write):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log or a pipe as it is printed
+    sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log or a pipe as printed
     try:
-        train(parse_args(sys.argv[1:]))
-    except KeyboardInterrupt as stop:
-        print(f"\ntrain.py: {stop}", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError as closed:  # the Python docs' recipe for a closed stdout
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(f"train.py: {closed}")
+        main(sys.argv[1:])
     except (ValueError, OSError, FloatingPointError) as error:
         sys.exit(f"train.py: error: {error}")
