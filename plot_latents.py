@@ -531,9 +531,7 @@ def parse_args(argv=()):
     view.add_argument("--curves", nargs="*", metavar="HISTORY", help=curves)
     p.add_argument("--seed", type=seed, default=0, help="seeds the samples, draws and pairs")
     p.add_argument("--data-dir", default="data", help="the folder that holds MNIST/raw")
-    if isinstance(argv, str):
-        argv = argv.split()
-    args = p.parse_args(list(argv))
+    args = p.parse_args(argv.split() if isinstance(argv, str) else list(argv))
     if args.curves is not None:
         args.view = "curves"
     args.view = args.view or "latents"
@@ -566,8 +564,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("\nplot_latents.py: interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the Python docs' recipe for a closed stdout
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
     except (ValueError, OSError) as error:
         sys.exit(f"plot_latents.py: error: {error}")

@@ -10,19 +10,16 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 
-# MKL's strict reproducible mode: a matrix product gives the same bits on any number of
-# threads, so the thread count chosen each epoch never changes the weights. MKL reads this
-# once, at torch's first matrix product, so it is set before torch is imported.
+# MKL's strict reproducible mode: matrix products give the same bits on any number of threads,
+# so the count chosen each epoch never changes the weights. MKL reads it at torch's first product.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import torch
 from tqdm import tqdm
 
 import vae
-from vae import VAE
 
 # The flags that shape the weights: --resume takes them from the saved run.
 TRAINING_FLAGS = ("z_dims", "hidden", "lr", "beta", "recon", "batch_size", "binarize", "seed")
@@ -54,8 +51,7 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(model, images, recon="mse"):
-    """The -ELBO's two terms per image, z drawn from a generator seeded with 0: figures of the
-    weights alone, which leave training's random state as it was."""
+    """The -ELBO's two terms per image, z from a generator of its own: figures of the weights."""
     model.eval()
     mu, logvar = vae.encode(model, images)
     z = vae.reparameterize(mu, logvar, torch.Generator(images.device).manual_seed(0))
@@ -74,6 +70,7 @@ def train(args, resumed=None):
     each epoch. Ctrl-C stops it with a line saying what was saved; a notebook gets the model."""
     where, saved, model = "before training began", 0, None
     threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # until an epoch times its threads: loading gains nothing from more
     try:
         device = pick_device(args.device)
         check_out(args.out)
@@ -82,7 +79,7 @@ def train(args, resumed=None):
         if args.binarize:
             test_images = binarize_once(test_images)
         torch.manual_seed(args.seed)
-        model = VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
+        model = vae.VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
         optimizer = make_optimizer(model, args.lr)
         history = restore(resumed, model, optimizer, device) if resumed else []
         saved = len(history)
@@ -96,8 +93,7 @@ def train(args, resumed=None):
         for epoch in range(saved + 1, args.epochs + 1):
             where = f"in epoch {epoch}"
             start = time.perf_counter()
-            terms = train_epoch(model, optimizer, train_images, **options)
-            train_recon, train_kl = terms.tolist()
+            train_recon, train_kl = train_epoch(model, optimizer, train_images, **options).tolist()
             test_recon, test_kl = evaluate(model, test_images, args.recon).tolist()
             row = {
                 "epoch": epoch,
@@ -113,10 +109,8 @@ def train(args, resumed=None):
             }
             for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
                 if not math.isfinite(row[name]):
-                    kept = f"{args.out} holds epoch {saved}"
-                    raise FloatingPointError(
-                        f"{name} became {row[name]} {where}; {kept}; lower --lr"
-                    )
+                    kept = f"{args.out} holds epoch {saved}; lower --lr"
+                    raise FloatingPointError(f"{name} became {row[name]} {where}; {kept}")
             history.append({name: round(value, 4) for name, value in row.items()})
             save(model, optimizer, history, args)
             saved = epoch
@@ -128,14 +122,11 @@ def train(args, resumed=None):
             where = "while bounding log p(x)"
             table = iwae_table(model, test_images, args.iwae, args.recon)
             print("", *bound_report(table, args.recon, args.binarize), sep="\n")
-    except (KeyboardInterrupt, BrokenPipeError) as stop:
-        kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
-        kept = (
-            f"{kept}; --resume goes on from there" if saved else f"nothing was saved to {args.out}"
-        )
-        if isinstance(stop, BrokenPipeError):  # the Python docs' recipe for a closed stdout
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(f"train.py: output closed {where}; {kept}")
+    except KeyboardInterrupt:
+        kept = f"nothing was saved to {args.out}"
+        if saved:
+            kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
+            kept += "; --resume goes on from there"
         print(f"\ntrain.py: interrupted {where}; {kept}", file=sys.stderr)
         if not in_notebook():
             sys.exit(130)  # a script ends, as after any Ctrl-C; a notebook goes on
@@ -177,15 +168,13 @@ def bound_report(table, recon="mse", binarized=False):
     """The lines train.py prints for iwae_table's table, and what its first and last rows say."""
     left_out = vae.log_likelihood_constant(recon)
     lines = ["test -log p(x) bounds per image, from k samples z ~ q(z|x) (-L_k; k = 1: the -ELBO):"]
+    header, rows = "      k  -L_k, nats", [f"  {k:5d}  {v:10.2f}" for k, v in table.items()]
     if left_out:
-        lines.append(f"      k  -L_k, nats  less {left_out:.2f}, as above")
-        lines += [f"  {k:5d}  {v:10.2f}  {v - left_out:10.2f}" for k, v in table.items()]
-    else:
-        lines.append("      k  -L_k, nats")
-        lines += [f"  {k:5d}  {v:10.2f}" for k, v in table.items()]
+        header += f"  less {left_out:.2f}, as above"
+        rows = [f"{row}  {v - left_out:10.2f}" for row, v in zip(rows, table.values())]
+    lines += [header, *rows]
     if len(table) > 1:
-        k = max(table)
-        gap = f"-L_1 - (-L_{k}) = {table[1] - table[k]:.2f} nats"
+        gap = f"-L_1 - (-L_{max(table)}) = {table[1] - table[max(table)]:.2f} nats"
         lines.append(f"{gap}: on average the ELBO falls short of log p(x) by at least this")
     if not left_out and not binarized:
         lines.append("(--recon bce on grey pixels: not a likelihood; --binarize makes it one)")
@@ -193,8 +182,7 @@ def bound_report(table, recon="mse", binarized=False):
 
 
 def load_mnist(data_dir, train=True, device="cpu"):
-    """One MNIST split, (images (N, 784) in [0, 1], labels (N,)), from data_dir/MNIST/raw,
-    downloaded there if missing."""
+    """One MNIST split from data_dir/MNIST/raw (downloaded if missing): images (N, 784), labels."""
     from torchvision import datasets  # here: it takes seconds to import, and only this needs it
 
     raw = os.path.join(data_dir, "MNIST", "raw")
@@ -210,13 +198,11 @@ def load_mnist(data_dir, train=True, device="cpu"):
         names = " or ".join(files[:2] if train else files[2:])
         fix = "copy it there again, unzipped"
         raise ValueError(f"{names} in {raw} is damaged, cut short or not MNIST's; {fix}") from None
-    images = split.data.to(device).flatten(start_dim=1).float().div_(255)
-    return images, split.targets.to(device)
+    return split.data.to(device).flatten(start_dim=1).float().div_(255), split.targets.to(device)
 
 
 def binarize_once(images, seed=0):
-    """Each pixel drawn once as 0 or 1, its intensity the probability, from a generator of its
-    own: the same binary test set in every run."""
+    """Each pixel drawn once as 0 or 1 (its intensity the probability): the same in every run."""
     generator = torch.Generator().manual_seed(seed)
     return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
 
@@ -249,9 +235,8 @@ def parse_args(argv=(), saved=None):
     p.add_argument("--threads", type=threads, default="auto", help="auto: the fastest of 1, 2, 4")
     p.add_argument("--data-dir", default="data", help="the folder that holds MNIST/raw")
     p.add_argument("--out", default="vae.pt", help="checkpoint; beside it .csv and .resume.pt")
-    if isinstance(argv, str):
-        argv = argv.split()
-    return p.parse_args(list(argv), argparse.Namespace(**saved) if saved else None)
+    argv = argv.split() if isinstance(argv, str) else list(argv)
+    return p.parse_args(argv, argparse.Namespace(**saved) if saved else None)
 
 
 def main(argv=()):
@@ -275,19 +260,11 @@ def pick_device(name="auto"):
     """The torch.device for --device: auto takes cuda, then mps, then cpu."""
     have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        return torch.device(next((n for n in have if have[n]), "cpu"))
-    if name != "cpu" and not have[name]:
+        name = next((n for n in have if have[n]), "cpu")
+    elif name != "cpu" and not have[name]:
         machine = f"this machine (torch {torch.__version__}) has no {name.upper()}"
         raise ValueError(f"--device {name} was asked for, but {machine}; use --device cpu or auto")
     return torch.device(name)
-
-
-def thread_counts(threads):
-    """The thread counts to time: 1, 2 and 4, as far as this process's CPUs go, or the one given."""
-    if threads != "auto":
-        return [threads]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [n for n in (1, 2, 4) if n <= cpus]
 
 
 def device_line(device, threads):
@@ -295,18 +272,20 @@ def device_line(device, threads):
         return f"device: {device}"
     if threads != "auto":
         return f"device: cpu ({counted(threads, 'thread')})"
-    counts = " and ".join(map(str, thread_counts(threads)))
+    counts = " and ".join(map(str, ThreadChoice().counts))
     return f"device: cpu (threads: each epoch runs on the fastest of {counts}, timed first)"
 
 
 class ThreadChoice:
-    """An epoch's first steps run on each thread count in turn, three each, timed; the rest on the
-    fastest. A step's threads wait for the slowest, so while another program holds a core one
-    thread can be many times faster than two. threads=None leaves torch's setting alone."""
+    """An epoch's first steps run on 1, 2 and 4 threads (as far as the CPUs go) in turn, timed;
+    the rest on the fastest. A step's threads wait for the slowest, so while another program holds
+    a core one thread can be many times faster than two. threads=None leaves torch's setting."""
 
     def __init__(self, threads="auto"):
-        self.queue = thread_counts(threads) * 3 if threads else []
-        self.times = {n: [] for n in self.queue}
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.counts = [n for n in (1, 2, 4) if n <= cpus] if threads == "auto" else [threads]
+        self.queue = self.counts * 3 if threads else []  # each count timed three times, in turn
+        self.times = {n: [] for n in self.counts}
 
     @contextlib.contextmanager
     def timing(self):
@@ -318,8 +297,7 @@ class ThreadChoice:
         start = time.perf_counter()
         yield
         self.times[n].append(time.perf_counter() - start)
-        fastest = min(min(times) for times in self.times.values() if times)
-        if self.times[n][-1] > 3 * fastest:  # so slow that it is timed no more
+        if self.times[n][-1] > 3 * min(min(t) for t in self.times.values() if t):  # time it no more
             self.queue = [m for m in self.queue if m != n]
         if not self.queue:  # each count was timed at least once
             torch.set_num_threads(min(self.times, key=lambda m: statistics.median(self.times[m])))
@@ -383,11 +361,8 @@ def say_what_happens_to(out, saved, resume):
 
 def check_out(path):
     """Refuse an --out that cannot be written, before an epoch is spent on it."""
-    with contextlib.suppress(OSError):
-        tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
-        if not os.path.isdir(path):
-            return
-    raise OSError(f"--out {path}: give a file name in a folder that exists and can be written")
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise OSError(f"--out {path}: give a file name in a folder that exists")
 
 
 def save(model, optimizer, history, args):
@@ -401,37 +376,31 @@ def save(model, optimizer, history, args):
     rows = [history[0].keys()] + [row.values() for row in history]
     text = "".join(",".join(map(str, row)) + "\n" for row in rows)
     write_atomically(beside(args.out, ".csv"), lambda f: f.write(text.encode()))
+    device = next(model.parameters()).device
+    random = {"cpu": torch.get_rng_state()}  # the shuffles; z and pixels too on the CPU
+    if device.type != "cpu":  # z and pixels drawn on a GPU
+        random[device.type] = torch.get_device_module(device).get_rng_state()
     state = {
         "flags": {name: getattr(args, name) for name in TRAINING_FLAGS},
         "history": history,
         "model": weights,
         "optimizer": optimizer.state_dict(),
-        "random": random_state(next(model.parameters()).device),
+        "random": random,
     }
     write_atomically(beside(args.out, ".resume.pt"), lambda f: torch.save(state, f))
 
 
 def load_resume_state(out):
     """The run saved at out for --resume, or None where there is none."""
-    path = beside(out, ".resume.pt")
-    if not os.path.exists(path) and os.path.exists(out):
-        fix = "train anew without --resume"
+    path, fix = beside(out, ".resume.pt"), "train anew without --resume"
+    if os.path.exists(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise ValueError(f"--resume: {path} is damaged; {fix}") from None
+    if os.path.exists(out):  # a checkpoint, but nothing to go on with it exactly
         raise FileNotFoundError(f"--resume: {out} has no {path} beside it to go on from; {fix}")
-    if not os.path.exists(path):
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise ValueError(f"--resume: {path} is damaged; train anew without --resume") from None
-
-
-def random_state(device):
-    """The generators that shape the weights: the CPU's (the shuffles) and a GPU's (z and the
-    pixels drawn there; on the CPU, the CPU's)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type != "cpu":
-        state[device.type] = torch.get_device_module(device).get_rng_state()
-    return state
+    return None
 
 
 def restore(resumed, model, optimizer, device):
@@ -445,8 +414,7 @@ def restore(resumed, model, optimizer, device):
 
 
 def write_atomically(path, write):
-    """Replace path with what write(f) writes, never half of it: a file beside it, synced, then
-    renamed over it."""
+    """Replace path with what write(f) writes, never half of it: written beside it, then renamed."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
