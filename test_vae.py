@@ -455,11 +455,10 @@ SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7
 )
 def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, flags, settings):
     # Catches: any flag ignored or misrouted (each differs from its default in the second case,
-    # whose last batch is partial), an unseeded run, a wrong printed figure, a train loss labelled
-    # a -ELBO when beta is not 1, pixels binarized once or from another probability, a binary test
+    # whose last batch is partial), an unseeded run, a wrong printed figure, a train loss called a
+    # -ELBO when beta is not 1, pixels binarized once or from another probability, a binary test
     # set from the global random state; evaluation that moves training's random state; a history
-    # whose rows are not the printed figures or do not say their units, a main() that does not
-    # return its model.
+    # whose rows are not the printed figures or do not say their units; main() without its model.
     returned = plot_latents.load_model(run_train(tmp_path, mnist_dir, "--iwae", "0", *flags))
     if flags:
         settings = {**settings, "recon": "bce", "binarize": True, "seed": 7}
@@ -667,12 +666,11 @@ def kill(real, *args, **kwargs):
 def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     tmp_path, mnist_dir, monkeypatch, capsys, kill_at
 ):
-    # Catches: Adam's moments, the random state of the shuffles, of z or of the pixels, or the epoch
-    # not saved or not restored; epochs trained twice or skipped; a history that repeats or loses
-    # an epoch; resuming from a checkpoint ahead of the state; threads that change the weights;
-    # --epochs read as more epochs, not the total; the run's flags not read back (a 3-dimensional
-    # run resumed as 4); a checkpoint the specification's class cannot load; a resume that does
-    # not say where it goes on from, or leaves out the bound table.
+    # Catches: Adam's moments, the random state (shuffles, z, pixels) or the epoch not saved or
+    # restored; epochs trained twice or skipped, in the weights or the history; a resume from a
+    # checkpoint ahead of its state; threads that change the weights; --epochs not the total; the
+    # run's flags not read back (3 dimensions resumed as 4); a checkpoint the specification's class
+    # cannot load; a resume that does not say where it goes on from, or leaves out the bound.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
     owner = train.vae if kill_at[0] == "kl_divergence" else train
     with monkeypatch.context() as patch:
@@ -767,12 +765,13 @@ def test_threads_follow_the_machine_each_epoch(monkeypatch, seconds, chosen, pro
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
 
-    def epoch():
+    def epoch(busy_from=20):  # from then on, another program holds a core: 2 threads crawl
         choice = train.ThreadChoice("auto")
-        for _ in range(20):
+        for step in range(20):
             with choice.timing():
                 counts.append(torch.get_num_threads())
-                clock[0] += seconds[counts[-1]]
+                crawl = step >= busy_from and counts[-1] == 2
+                clock[0] += seconds[counts[-1]] * (300 if crawl else 1)
 
     epoch()
     assert counts[: 6 if probes_of_2 == 3 else 4].count(2) == probes_of_2
@@ -780,6 +779,8 @@ def test_threads_follow_the_machine_each_epoch(monkeypatch, seconds, chosen, pro
     seconds[1], seconds[2] = seconds[2], seconds[1]  # the machine changes: the next epoch follows
     epoch()
     assert set(counts[-10:]) == {3 - chosen}
+    epoch(busy_from=10)  # a core taken mid-epoch: one slow step on 2 threads, then 1 thread
+    assert counts[-10:].count(2) <= 1 and counts[-1] == 1
 
 
 @pytest.mark.parametrize(
@@ -1090,10 +1091,9 @@ PLOTS = {  # each public function that takes a model, and its arguments after th
 def test_each_plot_draws_one_figure_of_any_four_part_model_and_returns_its_axes(
     name, kind, monkeypatch
 ):
-    # Catches: two pictures per call in Jupyter (a returned Figure is shown again beside the one the
-    # inline backend shows), an ax that is ignored, a plt.show() that empties the figure before a
-    # notebook user can save it, a model that needs more than the four parts (z_dims, input_size,
-    # a Linear first in the encoder, a flat decoder output).
+    # Catches: two pictures per call in Jupyter (a returned Figure is shown again beside the inline
+    # backend's), an ax ignored, a plt.show() that empties the figure before it can be saved, a
+    # model that needs more than the four parts (z_dims, input_size, a Linear first, flat output).
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: pytest.fail("plt.show() was called"))
     torch.manual_seed(0)
     model, before = kind(), set(plt.get_fignums())

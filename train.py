@@ -138,7 +138,6 @@ def train(args, resumed=None):
 
 
 def epoch_line(row, args, device):
-    """What train.py prints after each epoch, filled in from the epoch's history row."""
     train = "train -ELBO {train_loss:.2f} (recon {train_recon:.2f} + KL {train_kl:.2f})"
     if args.beta != 1:  # recon + beta * KL: what Adam minimised
         train = train.replace("-ELBO", "loss").replace("KL", "{beta:g} x KL")
@@ -205,9 +204,6 @@ def binarize_once(images, seed=0):
     """Each pixel drawn once as 0 or 1 (its intensity the probability): the same in every run."""
     generator = torch.Generator().manual_seed(seed)
     return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
-
-
-# ---------------------------------------------------------------- the command line
 
 
 def parse_args(argv=(), saved=None):
@@ -289,18 +285,22 @@ class ThreadChoice:
 
     @contextlib.contextmanager
     def timing(self):
-        if not self.queue:
-            yield
-            return
-        n = self.queue.pop(0)
-        torch.set_num_threads(n)
-        start = time.perf_counter()
+        if self.queue:
+            torch.set_num_threads(self.queue[0])
+        n, start = torch.get_num_threads(), time.perf_counter()
         yield
-        self.times[n].append(time.perf_counter() - start)
-        if self.times[n][-1] > 3 * min(min(t) for t in self.times.values() if t):  # time it no more
-            self.queue = [m for m in self.queue if m != n]
-        if not self.queue:  # each count was timed at least once
-            torch.set_num_threads(min(self.times, key=lambda m: statistics.median(self.times[m])))
+        seconds = time.perf_counter() - start
+        if self.queue:
+            self.queue.pop(0)
+            self.times[n].append(seconds)
+            if seconds > 3 * min(min(t) for t in self.times.values() if t):  # time it no more
+                self.queue = [m for m in self.queue if m != n]
+            if not self.queue:  # each count was timed at least once
+                torch.set_num_threads(
+                    min(self.times, key=lambda m: statistics.median(self.times[m]))
+                )
+        elif n > 1 and self.times.get(1) and seconds > 3 * min(self.times[1]):
+            torch.set_num_threads(1)  # the machine got busier than its first steps showed
 
 
 def counted(n, noun):
