@@ -109,7 +109,7 @@ def train(args, resumed=None):
             }
             for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
                 if not math.isfinite(row[name]):
-                    kept = f"{args.out} holds epoch {saved}; lower --lr"
+                    kept = f"{counted(saved, 'good epoch')} kept in {args.out}; lower --lr"
                     raise FloatingPointError(f"{name} became {row[name]} {where}; {kept}")
             history.append({name: round(value, 4) for name, value in row.items()})
             save(model, optimizer, history, args)
