@@ -667,10 +667,9 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     tmp_path, mnist_dir, monkeypatch, capsys, kill_at
 ):
     # Catches: Adam's moments, the random state (shuffles, z, pixels) or the epoch not saved or
-    # restored; epochs trained twice or skipped, in the weights or the history; a resume from a
-    # checkpoint ahead of its state; threads that change the weights; --epochs not the total; the
-    # run's flags not read back (3 dimensions resumed as 4); a checkpoint the specification's class
-    # cannot load; a resume that does not say where it goes on from, or leaves out the bound.
+    # restored; epochs trained twice or skipped; a resume from a checkpoint ahead of its state;
+    # threads that change the weights; --epochs not the total; flags not read back (3 dimensions
+    # resumed as 4); a checkpoint the spec's class cannot load; a resume that hides where it is.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
     owner = train.vae if kill_at[0] == "kl_divergence" else train
     with monkeypatch.context() as patch:
@@ -695,6 +694,7 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
         (["--lr", "0.01"], "was trained with --lr 0.001; leave --lr out"),
         (["--binarize"], "was trained with --binarize False"),
         (["--seed", "1"], "was trained with --seed 0"),
+        (["--batch-size", "64"], "was trained with --batch-size 32"),
         (["--epochs", "1"], None),  # finished: nothing left to do
     ],
 )
@@ -715,35 +715,34 @@ def test_resume_refuses_other_flags_and_leaves_a_finished_run_as_it_is(
     assert the_files(tmp_path) == before
 
 
-def test_resume_without_a_saved_run_starts_one_or_refuses(tmp_path, mnist_dir, monkeypatch, capsys):
-    # Catches: --resume that fails when there is nothing yet (a Colab cell run again), one that
-    # trains over a checkpoint it cannot go on with exactly, and a damaged state read as a run.
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--resume", "--iwae", "0")
-    assert "--resume: no run saved at" in capsys.readouterr().out
-    assert len(history(tmp_path / "vae.csv")) == 1
-    args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--resume"]
-    (tmp_path / "vae.resume.pt").write_bytes(b"damaged")
-    line = one_line_error(monkeypatch, capsys, "train.py", *args)
-    assert "vae.resume.pt is damaged; train anew without --resume" in line
-    (tmp_path / "vae.resume.pt").unlink()
-    line = one_line_error(monkeypatch, capsys, "train.py", *args)
-    assert "has no " in line and "vae.resume.pt beside it" in line
-
-
-def test_a_new_run_says_which_checkpoint_it_replaces_before_its_first_epoch_ends(
+def test_a_new_run_says_what_it_replaces_and_resume_without_a_run_starts_one(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
-    # Catches: a trained checkpoint replaced without a word (the user loses it), a warning that
-    # comes only after it is gone, or that does not name the ways to keep it.
-    run_train(tmp_path, mnist_dir, "--iwae", "0")
+    # Catches: --resume failing with no run yet (a Colab cell run again), training over a checkpoint
+    # it cannot go on with exactly, reading a damaged state; a checkpoint replaced without a word,
+    # or too late, or not naming the ways to keep it; an old state left beside a new checkpoint.
+    run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
+    assert "--resume: no run saved at" in capsys.readouterr().out
+    assert len(history(tmp_path / "vae.csv")) == 2
     before = the_files(tmp_path)
-    capsys.readouterr()
-    on_call(monkeypatch, train.vae, "kl_divergence", 3, interrupt)  # in the first epoch
     monkeypatch.setattr(train, "in_notebook", lambda: True)
-    run_train(tmp_path, mnist_dir, "--iwae", "0")
+    with monkeypatch.context() as patch:
+        on_call(patch, train.vae, "kl_divergence", 3, interrupt)  # in the first epoch
+        run_train(tmp_path, mnist_dir, "--iwae", "0")
     out = capsys.readouterr().out
     assert f"replaces {tmp_path / 'vae.pt'} (2 epochs) after its first epoch" in out
     assert "--resume" in out and "--out" in out and the_files(tmp_path) == before
+    with monkeypatch.context() as patch:  # killed in its first save: the old state is gone first
+        on_call(patch, train, "write_atomically", 2, kill)
+        with pytest.raises(Killed):
+            run_train(tmp_path, mnist_dir, "--iwae", "0")
+    assert not (tmp_path / "vae.resume.pt").exists()
+    args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--resume"]
+    line = one_line_error(monkeypatch, capsys, "train.py", *args)
+    assert "has no " in line and "vae.resume.pt beside it" in line
+    (tmp_path / "vae.resume.pt").write_bytes(b"damaged")
+    line = one_line_error(monkeypatch, capsys, "train.py", *args)
+    assert "vae.resume.pt is damaged; train anew without --resume" in line
 
 
 # ---------------------------------------------------------------- train.py: threads
@@ -1193,6 +1192,7 @@ def test_a_students_own_history_of_some_columns_draws():
         ("", "holds no epochs"),
         (",".join(HISTORY_COLUMNS) + "\n", "holds no epochs"),
         ("step,loss\n1,2.0\n", "it needs a column epoch"),
+        ("train_loss,test_nelbo\n1.0,2.0\n", "it needs a column epoch"),
         (",".join(HISTORY_COLUMNS) + "\n1,a,b,c,d,e,f,g,h,i\n", "not numbers"),
         (b"\x89PNG\r\n\x1a\n\xff\xfe", "not text"),
     ],
