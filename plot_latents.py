@@ -325,9 +325,10 @@ PARTS = {
 def code_size(model):
     """The latent dimensions, from the mu layer, of a model with the four PARTS; the model is put
     in eval mode."""
-    if not all(hasattr(model, part) for part in PARTS):
+    missing = " and ".join(part for part in PARTS if not hasattr(model, part))
+    if missing:
         need = "; ".join(f"{part}: {what}" for part, what in PARTS.items())
-        raise TypeError(f"{type(model).__name__} lacks one of a VAE's four parts ({need})")
+        raise TypeError(f"{type(model).__name__} has no {missing}; a VAE's four parts are {need}")
     model.eval()
     return [m for m in model.mu.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
@@ -520,7 +521,7 @@ def parse_args(argv=()):
     p.add_argument("--i", type=int, default=0, help="latent dimension along the grid's columns")
     p.add_argument("--j", type=int, default=1, help="latent dimension up the grid's rows")
     p.add_argument("--n", type=count, default=10, help="digits a side, points on a line, or draws")
-    p.add_argument("--spacing", choices=("linear", "quantile"), default="linear")
+    p.add_argument("--spacing", choices=("linear", "quantile"), default="linear", help="the grid's")
     p.add_argument("--limit", type=limit, default=2.0, help="the linear grid spans [-L, L]")
     p.add_argument("--out", help="the PNG to write; {i} and {j} stand for the dimensions")
     p.add_argument("--show", action="store_true", help="also open a window")

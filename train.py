@@ -17,11 +17,11 @@ import time
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import torch
+from torchvision import datasets
 from tqdm import tqdm
 
 import vae
 
-# The flags that shape the weights: --resume takes them from the saved run.
 TRAINING_FLAGS = ("z_dims", "hidden", "lr", "beta", "recon", "batch_size", "binarize", "seed")
 
 
@@ -126,6 +126,7 @@ def train(args, resumed=None):
         kept = f"nothing was saved to {args.out}"
         if saved:
             kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
+        if 0 < saved < args.epochs:
             kept += "; --resume goes on from there"
         print(f"\ntrain.py: interrupted {where}; {kept}", file=sys.stderr)
         if not in_notebook():
@@ -151,8 +152,7 @@ def epoch_line(row, args, device):
 
 @torch.no_grad()
 def iwae_table(model, images, k_max=50, recon="mse", batch_size=100):
-    """{k: -L_k}: the mean bound on -log p(x) per image in nats, from k = 1 (the -ELBO), 10,
-    100, ... and k_max samples z ~ q(z|x), drawn from a generator seeded with 0."""
+    """{k: -L_k}: the mean bound on -log p(x) in nats for k = 1, 10, ... k_max, z seeded with 0."""
     model.eval()
     generator = torch.Generator(images.device).manual_seed(0)
     sizes = [10**p for p in range(len(str(k_max))) if 10**p < k_max] + [k_max]
@@ -182,8 +182,6 @@ def bound_report(table, recon="mse", binarized=False):
 
 def load_mnist(data_dir, train=True, device="cpu"):
     """One MNIST split from data_dir/MNIST/raw (downloaded if missing): images (N, 784), labels."""
-    from torchvision import datasets  # here: it takes seconds to import, and only this needs it
-
     raw = os.path.join(data_dir, "MNIST", "raw")
     files = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
     if os.path.isfile(os.path.join(data_dir, files[2])):
@@ -195,8 +193,7 @@ def load_mnist(data_dir, train=True, device="cpu"):
             fix = "copy its four files there (README: Troubleshooting)"
             raise FileNotFoundError(f"no MNIST in {raw}, and no download: {fix}") from None
         names = " or ".join(files[:2] if train else files[2:])
-        fix = "copy it there again, unzipped"
-        raise ValueError(f"{names} in {raw} is damaged, cut short or not MNIST's; {fix}") from None
+        raise ValueError(f"{names} in {raw} is damaged: copy it there again, unzipped") from None
     return split.data.to(device).flatten(start_dim=1).float().div_(255), split.targets.to(device)
 
 
@@ -215,7 +212,7 @@ def parse_args(argv=(), saved=None):
     samples = checked(int, lambda v: v >= 0, "an integer >= 0")
     seed = checked(int, lambda v: 0 <= v < 2**64, "from 0 to 2**64 - 1")
     threads = checked(lambda t: t if t == "auto" else int(t), lambda v: v != 0, "auto or a count")
-    p = ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="train.py")
     p.add_argument("--epochs", type=count, default=10, help="passes over the data, in all")
     p.add_argument("--resume", action="store_true", help="go on with the run saved at --out")
     p.add_argument("--batch-size", type=count, default=128, help="images per Adam step")
@@ -225,7 +222,7 @@ def parse_args(argv=(), saved=None):
     p.add_argument("--beta", type=weight, default=1.0, help="the KL's weight: 0, an autoencoder")
     p.add_argument("--recon", choices=("mse", "bce"), default="mse", help="the decoder's loss")
     p.add_argument("--binarize", action="store_true", help="pixels drawn as 0 or 1 (for nats)")
-    p.add_argument("--iwae", type=samples, default=50, help="bound log p(x) with 1, 10, ... K z")
+    p.add_argument("--iwae", type=samples, default=50, help="bound log p(x) by up to IWAE z")
     p.add_argument("--seed", type=seed, default=0, help="seeds the weights, batches, z, pixels")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--threads", type=threads, default="auto", help="auto: the fastest of 1, 2, 4")
@@ -239,8 +236,8 @@ def main(argv=()):
     """train.main(["--epochs", "3"]) in a notebook: the trained model (after Ctrl-C, as it is)."""
     args = parse_args(argv)
     resumed = load_resume_state(args.out) if args.resume else None
-    if resumed:  # the saved run's flags, unless one given differs from them
-        args = parse_args(argv, resumed["flags"])
+    if resumed:  # the flags that shaped the saved run's weights, and its --epochs, as defaults
+        args = parse_args(argv, {**resumed["flags"], "epochs": resumed["epochs"]})
         for name, value in resumed["flags"].items():
             flag = "--" + name.replace("_", "-")
             if getattr(args, name) != value:
@@ -258,8 +255,7 @@ def pick_device(name="auto"):
     if name == "auto":
         name = next((n for n in have if have[n]), "cpu")
     elif name != "cpu" and not have[name]:
-        machine = f"this machine (torch {torch.__version__}) has no {name.upper()}"
-        raise ValueError(f"--device {name} was asked for, but {machine}; use --device cpu or auto")
+        raise ValueError(f"--device {name}: torch {torch.__version__} sees no {name.upper()} here")
     return torch.device(name)
 
 
@@ -321,7 +317,10 @@ def checked(convert, test, wanted):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's, but in a notebook a bad flag raises ValueError naming it, not SystemExit."""
+    """argparse's, with defaults in --help, and a ValueError for a bad flag in a notebook."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
 
     def error(self, message):
         if in_notebook():
@@ -381,6 +380,7 @@ def save(model, optimizer, history, args):
     if device.type != "cpu":  # z and pixels drawn on a GPU
         random[device.type] = torch.get_device_module(device).get_rng_state()
     state = {
+        "epochs": args.epochs,
         "flags": {name: getattr(args, name) for name in TRAINING_FLAGS},
         "history": history,
         "model": weights,
