@@ -522,7 +522,7 @@ def parse_args(argv=()):
     p.add_argument("--j", type=int, default=1, help="latent dimension up the grid's rows")
     p.add_argument("--n", type=count, default=10, help="digits a side, points on a line, or draws")
     p.add_argument("--spacing", choices=("linear", "quantile"), default="linear", help="the grid's")
-    p.add_argument("--limit", type=limit, default=2.0, help="the linear grid spans [-L, L]")
+    p.add_argument("--limit", type=limit, default=2.0, help="the linear grid spans [-LIMIT, LIMIT]")
     p.add_argument("--out", help="the PNG to write; {i} and {j} stand for the dimensions")
     p.add_argument("--show", action="store_true", help="also open a window")
     view = p.add_mutually_exclusive_group()
