@@ -1,7 +1,7 @@
 """Draw a trained VAE: its latent space, the digits it generates, what q(z|x) holds, how it learned.
 
 python plot_latents.py --i 0 --j 1     # the grid: latents_0_1.png
-python plot_latents.py --samples       # or --scatter, --interpolate, --posterior, --marginals
+python plot_latents.py --samples       # or --means, --aggregate, --scatter, --posterior, ...
 
 The functions take any model with the specification's four parts, encoder, mu, logvar and
 decoder; they draw on ax if given (else on a new figure) and return the Axes, as pandas and
@@ -19,9 +19,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
+from torchvision.utils import make_grid
 
-from train import ArgumentParser, beside, binarize_once, checked, load_mnist
-from vae import VAE, encode, kl_divergence, reconstruction_loss
+from train import DATASETS, ArgumentParser, beside, binarize_once, checked, load_mnist
+from vae import VAE, encode, kl_divergence, reconstruction_loss, reparameterize
 
 
 @torch.no_grad()
@@ -45,17 +46,17 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None, spacing="linear"):
     if spacing == "linear":  # each tile's centre at its z value
         half = limit / (n - 1) if n > 1 else limit
         low, high = values[0].item() - half, values[-1].item() + half
-        show_tiles(ax, decoded, n, n, extent=(low, high, low, high))
+        show_tiles(ax, decoded, n, extent=(low, high, low, high))
         where = f"over [-{limit:g}, {limit:g}]" if n > 1 else "at the centre, z = 0"
     else:  # tiles one unit wide, their centres ticked with their z
-        show_tiles(ax, decoded, n, n, extent=(0, n, 0, n))
+        show_tiles(ax, decoded, n, extent=(0, n, 0, n))
         ticks = range(0, n, math.ceil(n / 10))
         ax.set_xticks([k + 0.5 for k in ticks], [f"{values[k]:.2f}" for k in ticks])
         ax.set_yticks([k + 0.5 for k in ticks], [f"{values[k]:.2f}" for k in ticks])
         where = "at the prior's quantiles"
     ax.set_xlabel(f"Latent dimension {i}")
     ax.set_ylabel(f"Latent dimension {j}")
-    ax.set_title(f"Latent space traversal for dimensions {i} and {j} {where}, the others at 0")
+    ax.set_title(f"Latent space traversal for dimensions {i} and {j}\n{where}, the others at 0")
     return ax
 
 
@@ -78,9 +79,25 @@ def plot_samples(model, n=10, seed=0, ax=None):
     independent noise of variance 1/2 to every pixel."""
     z = torch.randn(n * n, code_size(model), generator=torch.Generator().manual_seed(seed))
     ax = axes_or_new(ax, (8, 8))
-    show_tiles(ax, decode(model, z), n, n)
+    show_tiles(ax, decode(model, z), n)
     ax.set_axis_off()
-    ax.set_title(f"Decoded means E[x|z] of {n * n} codes z drawn from the prior N(0, I)")
+    ax.set_title(f"Decoded means E[x|z] of {n * n} codes\nz drawn from the prior N(0, I)")
+    return ax
+
+
+@torch.no_grad()
+def plot_decoded_means(model, images, n=10, seed=0, ax=None):
+    """Decoding only the means (question 2a): n x n draws from the images' posterior means mu(x),
+    each decoded, drawn with a CPU generator seeded with seed. N images give N pictures at most."""
+    x = as_images(images, model)
+    picks = torch.randint(len(x), (n * n,), generator=torch.Generator().manual_seed(seed))
+    means = encode(model, x)[0]
+    ax = axes_or_new(ax, (8, 8))
+    show_tiles(ax, decode(model, means[picks.to(means.device)]), n)
+    ax.set_axis_off()
+    ax.set_title(
+        f"decode(mu(x)) of {n * n} draws from the means\nof {len(x)} images: no new picture"
+    )
     return ax
 
 
@@ -92,7 +109,7 @@ def plot_reconstructions(model, images, n=10, ax=None):
     if not 1 <= n <= len(x):
         raise ValueError(f"need 1 <= n <= {len(x)}, the number of images; got n = {n}")
     ax = axes_or_new(ax, (n, 2.4))
-    show_tiles(ax, torch.cat([x[:n], decode(model, encode(model, x[:n])[0])]), 2, n)
+    show_tiles(ax, torch.cat([x[:n], decode(model, encode(model, x[:n])[0])]), n)
     label_tiles(ax, 2, {0: "image", 1: "decode(mu)"}, rows=True)
     ax.set_title("Test images and their reconstructions")
     return ax
@@ -111,26 +128,25 @@ def plot_interpolation(model, start, end, n=10, ax=None):
     decoded = decode(model, line.flatten(end_dim=1)).reshape(len(a), n, -1)
     rows = torch.cat([start[:, None], decoded, end[:, None]], dim=1)
     ax = axes_or_new(ax, (n + 2, 1.2 * len(start) + 0.6))
-    show_tiles(ax, rows.flatten(end_dim=1), len(start), n + 2)
+    show_tiles(ax, rows.flatten(end_dim=1), n + 2)
     label_tiles(ax, n + 2, {0: "start", 1: "mu(start)", n: "mu(end)", n + 1: "end"})
-    ax.set_title(f"Decoded means along the straight line from mu(start) to mu(end), {n} points")
+    ax.set_title(f"Decoded means on the straight line\nfrom mu(start) to mu(end), {n} points")
     return ax
 
 
 @torch.no_grad()
-def plot_posterior_draws(model, images, n=8, seed=0, ax=None):
-    """What q(z|x) holds (question 2a): a row per image, then decode(mu) and the decoded means of n
-    codes z ~ q(z|x), drawn from a CPU generator seeded with seed."""
+def plot_posterior_draws(model, images, n=10, seed=0, ax=None):
+    """What q(z|x) holds: a row per image, then decode(mu) and the decoded means of n codes
+    z ~ q(z|x), drawn from a CPU generator seeded with seed."""
     x = as_images(images, model)
-    mu, logvar = encode(model, x)
-    eps = torch.randn(len(x), n, mu.shape[1], generator=torch.Generator().manual_seed(seed))
-    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps.to(mu.device)
+    mu, logvar = (t.cpu()[:, None].expand(-1, n, -1) for t in encode(model, x))
+    z = reparameterize(mu, logvar, torch.Generator().manual_seed(seed))
     draws = decode(model, z.flatten(end_dim=1)).reshape(len(x), n, -1)
-    rows = torch.cat([x[:, None], decode(model, mu)[:, None], draws], dim=1)
+    rows = torch.cat([x[:, None], decode(model, mu[:, 0])[:, None], draws], dim=1)
     ax = axes_or_new(ax, (n + 2, 1.2 * len(x) + 0.6))
-    show_tiles(ax, rows.flatten(end_dim=1), len(x), n + 2)
+    show_tiles(ax, rows.flatten(end_dim=1), n + 2)
     label_tiles(ax, n + 2, {0: "image", 1: "decode(mu)", 1.5 + n / 2: f"{n} draws z ~ q(z|x)"})
-    ax.set_title(f"Each image, its mean code decoded, and {n} codes drawn from q(z|x) decoded")
+    ax.set_title(f"Each image, its mean code decoded,\nand {n} codes drawn from q(z|x) decoded")
     return ax
 
 
@@ -139,26 +155,46 @@ def plot_marginals(model, images, dim=0, ax=None):
     """Latent dimension dim over the images (question 2b): densities of the means mu_dim(x) and of
     a code z_dim ~ q(z|x) per image (the aggregate posterior q(z); a CPU generator seeded with 0)
     beside N(0, 1), with their variances."""
-    mu, logvar = encode(model, as_images(images, model))
+    mu, logvar = (t.cpu() for t in encode(model, as_images(images, model)))
     if not 0 <= dim < mu.shape[1]:
         raise ValueError(f"dim = {dim} is not a latent dimension here: use 0 to {mu.shape[1] - 1}")
-    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(0)).to(mu.device)
-    means = mu[:, dim].cpu().numpy()
-    codes = (mu + torch.exp(0.5 * logvar) * eps)[:, dim].cpu().numpy()
-    both = np.concatenate([means, codes, [-4, 4]])
-    t = np.linspace(both.min(), both.max(), 81)
+    codes = reparameterize(mu, logvar, torch.Generator().manual_seed(0))
     ax = axes_or_new(ax, (6, 4))
+    draw_densities(ax, mu[:, dim].numpy(), codes[:, dim].numpy())
+    ax.set_xlabel(f"latent dimension {dim}")
+    ax.set_title(f"Dimension {dim} over {len(mu)} images")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.5)  # room for the legend
+    return ax
+
+
+def plot_aggregate_construction(s=0.5, n=100_000, seed=0, ax=None):
+    """Question 2b's counterexample, with no model: half the images' posteriors N(0, 1), half
+    N(m, s^2) with m ~ N(0, 1 - s^2). One code z per image is then exactly N(0, 1), while the
+    means are a spike at 0 beside a Gaussian."""
+    generator = torch.Generator().manual_seed(seed)
+    collapsed = torch.arange(n) < n // 2
+    means = torch.where(collapsed, 0.0, math.sqrt(1 - s**2) * torch.randn(n, generator=generator))
+    codes = means + torch.where(collapsed, 1.0, s) * torch.randn(n, generator=generator)
+    ax = axes_or_new(ax, (6, 4))
+    draw_densities(ax, means.numpy(), codes.numpy())
+    ax.set_xlabel("z")
+    ax.set_title(
+        f"Half the means at 0 (sigma 1), half N(0, {1 - s**2:g})\n(sigma {s:g}): q(z) = N(0, 1)"
+    )
+    ax.set_ylim(0, 1)  # the spike at 0, half the means, reaches far above
+    return ax
+
+
+def draw_densities(ax, means, codes):
+    """Histograms of the means and of the codes beside N(0, 1), with their variances."""
+    t = np.linspace(min(means.min(), codes.min(), -4), max(means.max(), codes.max(), 4), 81)
     ax.hist(
         codes, t, density=True, alpha=0.4, label=f"codes z ~ q(z|x), variance {codes.var():.3f}"
     )
     ax.hist(means, t, density=True, alpha=0.4, label=f"means mu(x), variance {means.var():.3f}")
     ax.plot(t, np.exp(-(t**2) / 2) / math.sqrt(2 * math.pi), "k--", label="N(0, 1), variance 1")
-    ax.set_xlabel(f"latent dimension {dim}")
     ax.set_ylabel("density")
-    ax.set_title(f"Dimension {dim} over {len(means)} images")
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.5)  # room for the legend
     ax.legend(fontsize="small")
-    return ax
 
 
 @torch.no_grad()
@@ -171,9 +207,9 @@ def posterior_stats(model, images):
     return mu, mu.var(dim=0, correction=0), logvar.exp().mean(dim=0), kl / len(mu)
 
 
-def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None):
-    """The posterior means (mu_i, mu_j), coloured by digit, with the square [-limit, limit]^2 whose
-    corners are the traversal grid's outer tiles (none for limit 0)."""
+def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None, classes=None):
+    """The posterior means (mu_i, mu_j), coloured by digit (or by the names in classes), with the
+    square [-limit, limit]^2 whose corners are the traversal grid's outer tiles (none for 0)."""
     ax = axes_or_new(ax, (8, 8))
     x, y = mu[:, i].cpu().numpy(), mu[:, j].cpu().numpy()
     # No antialiasing: 10,000 markers then take a few colours, and the PNG stays small.
@@ -184,7 +220,9 @@ def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None):
         square = Rectangle(corner, side, side, fill=False, linestyle="--", edgecolor="black")
         ax.add_patch(square).set_label("grid of the traversal")
         ax.legend(loc="upper right")
-    ax.figure.colorbar(points, ax=ax, ticks=range(10), label="digit")
+    bar = ax.figure.colorbar(points, ax=ax, ticks=range(10), label="class" if classes else "digit")
+    if classes:
+        bar.set_ticklabels(classes)
     ax.set_aspect("equal")
     ax.set_xlabel(f"mu {i}")
     ax.set_ylabel(f"mu {j}")
@@ -195,31 +233,29 @@ def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None):
 def plot_curves(history, ax=None, terms=False, label=None):
     """How a run learned: the test -ELBO beside the training -ELBO, or with terms the test -ELBO's
     two terms; label names the run, to overlay others in the same units on ax."""
-    c = read_history(history, label)
-    units = history_units(c, terms)
+    columns = read_history(history, label)
+    units = history_units(columns, terms)
     drawn = ax.get_ylabel() if ax is not None else ""
-    if drawn not in ("", units) and "unknown" not in drawn + units:
-        this = label or "this history"
-        raise ValueError(f"{this} is in {units}, the curves drawn in {drawn}: draw them apart")
+    if drawn not in ("", units) and OWN_UNITS not in (drawn, units):
+        this, other = units.replace("\n", " "), drawn.replace("\n", " ")
+        raise ValueError(f"{label or 'this history'} is in {this}, the curves drawn in {other}")
     if terms:
-        series = [("test recon", "-", c.get("test_recon")), ("test KL", ":", c.get("test_kl"))]
+        series = {"test recon": columns.get("test_recon"), "test KL": columns.get("test_kl")}
     else:
-        train_nelbo = summed(c, "train_recon", "train_kl")  # recon + KL, whatever beta Adam used
-        series = [
-            ("test -ELBO", "-", c.get("test_nelbo") or summed(c, "test_recon", "test_kl")),
-            ("train -ELBO", "--", train_nelbo),
-            ("train loss", "--", None if train_nelbo else c.get("train_loss")),
-        ]
-    series = [(name, style, values) for name, style, values in series if values]
-    if not series:
+        train_nelbo = summed(columns, "train_recon", "train_kl")  # whatever beta Adam used
+        test_nelbo = columns.get("test_nelbo") or summed(columns, "test_recon", "test_kl")
+        train_loss = None if train_nelbo else columns.get("train_loss")
+        series = {"test -ELBO": test_nelbo, "train -ELBO": train_nelbo, "train loss": train_loss}
+    if not any(series.values()):
         wanted = "test_recon, test_kl" if terms else "test_nelbo, train_recon and train_kl"
         raise ValueError(f"{label or 'the history'} has none of the figures to draw: {wanted}")
-    ax, color = axes_or_new(ax, (7, 5)), None
-    for name, style, values in series:  # one colour per run, one line style per series
-        name = f"{label}: {name}" if label else name
-        color = ax.plot(c["epoch"], values, style, color=color, marker=".", label=name)[
-            0
-        ].get_color()
+    ax = axes_or_new(ax, (7, 5))
+    color = None  # one colour per run, a line style per series: test solid, the rest broken
+    for (name, values), style in zip(series.items(), ("-", ":" if terms else "--", "--")):
+        if values:
+            name = f"{label}: {name}" if label else name
+            line = ax.plot(columns["epoch"], values, style, color=color, marker=".", label=name)
+            color = line[0].get_color()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(units)
@@ -234,14 +270,15 @@ def summed(columns, a, b):
     return [x + y for x, y in zip(columns[a], columns[b])]
 
 
-# A history's columns that the curves read: train.py writes them, and a loop of one's own may.
+# A history's columns: train.py writes them all, and a loop of one's own may write some.
 COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "test_nelbo", "test_recon", "test_kl")
 UNIT_COLUMNS = ("nats_left_out", "binarized")  # what the figures measure: see history_units
+OWN_UNITS = "per image, in the history's own units"
 
 
 def read_history(history, name=None):
-    """{column: [floats]} from a history: a CSV's path, rows, columns or a DataFrame, with an epoch
-    column and some of COLUMNS."""
+    """{column: values} from a history: a CSV's path, rows, columns or a DataFrame, with an epoch
+    column and some of COLUMNS; the figures as floats, and the dataset's name where it is given."""
     if isinstance(history, (str, os.PathLike)):
         name = name or os.fspath(history)
         history = read_csv(history, name)
@@ -255,13 +292,16 @@ def read_history(history, name=None):
         raise ValueError(
             f"{name} holds no epochs: it is empty, or its run stopped before one ended"
         )
-    present = [c for c in COLUMNS + UNIT_COLUMNS if c in rows[0]]
+    present = [column for column in COLUMNS + UNIT_COLUMNS if column in rows[0]]
     if "epoch" not in present or len(present) < 2:
         raise ValueError(f"{name} is not a history: it needs a column epoch and some of {COLUMNS}")
     try:
-        return {c: [float(row[c]) for row in rows] for c in present}
+        columns = {column: [float(row[column]) for row in rows] for column in present}
     except (TypeError, ValueError):
         raise ValueError(f"{name} is not a history: some figures are not numbers") from None
+    if "dataset" in rows[0]:
+        columns["dataset"] = [row["dataset"] for row in rows]
+    return columns
 
 
 def read_csv(path, name):
@@ -277,18 +317,19 @@ def read_csv(path, name):
 
 
 def history_units(columns, terms=False):
-    """What a history's figures measure, from its unit columns: they depend on --recon and
-    --binarize."""
+    """What a history's figures measure, from its unit columns (they depend on --recon and
+    --binarize) and its dataset."""
     if "nats_left_out" not in columns or "binarized" not in columns:
-        return "per image, in units unknown (no columns nats_left_out and binarized)"
+        return OWN_UNITS
     left_out = columns["nats_left_out"][0]
-    if left_out and terms:
-        return f"nats per image, recon less {left_out:.2f} (squared error: a Gaussian decoder)"
     if left_out:
-        return f"nats per image, less {left_out:.2f} (squared error: a Gaussian decoder)"
-    if columns["binarized"][0]:
-        return "nats per image (cross-entropy on binarized pixels: a Bernoulli decoder)"
-    return "cross-entropy per image (on grey pixels: not a log-likelihood)"
+        units = f"nats per image, {'recon ' * terms}less {left_out:.2f}\n(squared error: Gaussian)"
+    elif columns["binarized"][0]:
+        units = "nats per image\n(binarized pixels: Bernoulli)"
+    else:
+        units = "cross-entropy per image\n(grey pixels: not a likelihood)"
+    dataset = columns.get("dataset", ["mnist"])[0]
+    return units if dataset == "mnist" else f"{DATASETS[dataset].__name__}: {units}"
 
 
 def load_model(path):
@@ -353,23 +394,23 @@ def axes_or_new(ax, size):
     return ax if ax is not None else plt.figure(figsize=size).add_subplot()
 
 
-def show_tiles(ax, images, rows, cols, **kwargs):
-    """rows x cols flat square images, row-major, as one picture: 0 black, 1 white, pixels sharp."""
+def show_tiles(ax, images, cols, **kwargs):
+    """Flat square images, cols to a row, as one picture: 0 black, 1 white, pixels sharp."""
     side = math.isqrt(images.shape[1])
-    picture = images.reshape(rows, cols, side, side).permute(0, 2, 1, 3)
-    picture = picture.reshape(rows * side, cols * side).cpu().numpy()
-    ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest", **kwargs)
+    grid = make_grid(images.reshape(-1, 1, side, side).cpu(), nrow=cols, padding=0)[0]
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest", **kwargs)
 
 
 def label_tiles(ax, count, names, rows=False):
-    """Name tiles {index: name} along the picture's count columns (or rows), with no other ticks."""
+    """Name tiles {index: name} along the picture's count columns (or rows), with no other ticks;
+    the columns' names slanted, so that narrow tiles keep them apart."""
     side = ax.images[0].get_array().shape[0 if rows else 1] / count
     ticks = [(k + 0.5) * side - 0.5 for k in names]
     if rows:
         ax.set_yticks(ticks, list(names.values()))
         ax.set_xticks([])
     else:
-        ax.set_xticks(ticks, list(names.values()))
+        ax.set_xticks(ticks, list(names.values()), rotation=30, ha="right", rotation_mode="anchor")
         ax.set_yticks([])
     ax.tick_params(length=0)
 
@@ -378,60 +419,77 @@ def label_tiles(ax, count, names, rows=False):
 
 
 def load_run(args):
-    """The checkpoint's model, the test images and labels as train.py scored them (binarized or
-    not), and its --recon, read from the history beside it (None without one)."""
+    """The checkpoint's model, the test images (binarized as train.py scored them) and labels of
+    the data set it was trained on, and the history beside it ({} without one)."""
     model = load_model(args.checkpoint)
-    images, labels = load_mnist(args.data_dir, train=False)
     try:
         run = read_history(beside(args.checkpoint, ".csv"))
     except (OSError, ValueError):
-        return model, images, labels, None
+        run = {}
+    dataset = run.get("dataset", [args.dataset or "mnist"])[0]
+    if args.dataset not in (None, dataset):
+        fix = "leave --dataset out, to draw it against its own test images"
+        raise ValueError(
+            f"--dataset {args.dataset}: {args.checkpoint} was trained on {dataset}; {fix}"
+        )
+    images, labels = load_mnist(args.data_dir, train=False, dataset=dataset)
     if run.get("binarized", [0])[0]:
         images = binarize_once(images)
-    if "nats_left_out" not in run:
-        return model, images, labels, None
-    recon = "mse" if run["nats_left_out"][0] else "bce"
-    return model, images, labels, recon
+    return model, images, labels, run
+
+
+def class_names(run):
+    """The names of the labels 0 to 9 in the run's data set: None for MNIST's digits."""
+    dataset = run.get("dataset", ["mnist"])[0]
+    return None if dataset == "mnist" else DATASETS[dataset].classes
 
 
 def view_latents(fig, args):
     fig.set_size_inches(8, 8)
-    model, ax = load_model(args.checkpoint), fig.add_subplot()
-    plot_latents(model, args.i, args.j, args.n, args.limit, ax, args.spacing)
+    plot_latents(
+        load_model(args.checkpoint),
+        args.i,
+        args.j,
+        args.n,
+        args.limit,
+        fig.add_subplot(),
+        args.spacing,
+    )
     return []
 
 
 def view_scatter(fig, args):
     """The grid beside the test images' posterior means, and the table of q(z)."""
-    model, images, labels, _ = load_run(args)
+    model, images, labels, run = load_run(args)
     mu, var_mu, mean_sigma2, kl = posterior_stats(model, images)
     fig.set_size_inches(14, 7)
     left, right = fig.subplots(1, 2)
     plot_latents(model, args.i, args.j, args.n, args.limit, left, args.spacing)
     corner = grid_values(args.n, args.limit, args.spacing)[-1].item()
-    plot_posterior_means(mu, labels, args.i, args.j, corner, right)
+    plot_posterior_means(mu, labels, args.i, args.j, corner, right, class_names(run))
     law = "by the law of total variance Var[z] = Var[mu] + E[sigma^2], about 1 if q(z) is N(0, I)"
     lines = [
         f"\nq(z) on {len(images)} test images: {law}",
         "  dim  Var[mu]  E[sigma^2]  Var[z]     KL",
     ]
-    for k, (s, v, d) in enumerate(zip(var_mu.tolist(), mean_sigma2.tolist(), kl.tolist())):
-        lines.append(f"  {k:3d}  {s:7.3f}  {v:10.3f}  {s + v:6.3f}  {d:5.3f}")
-    lines.append(
-        f"KL per image {kl.sum().item():.2f}: the column's sum, the test KL train.py printed"
-    )
-    return lines
+    for dim, (spread, width, divergence) in enumerate(zip(var_mu, mean_sigma2, kl)):
+        lines.append(
+            f"  {dim:3d}  {spread:7.3f}  {width:10.3f}  {spread + width:6.3f}  {divergence:5.3f}"
+        )
+    total = kl.sum().item()
+    return [*lines, f"KL per image {total:.2f}: the column's sum, the test KL train.py printed"]
 
 
 @torch.no_grad()
 def view_samples(fig, args):
     """Decoded prior samples above test images and their reconstructions, and the error of those."""
-    model, images, _, recon = load_run(args)
+    model, images, _, run = load_run(args)
     fig.set_size_inches(8, 9.3)
     top, bottom = fig.subplots(2, 1, height_ratios=[5, 1])
     plot_samples(model, args.n, args.seed, top)
     plot_reconstructions(model, images, 10, bottom)
     decoded = model.decoder(encode(model, images)[0])
+    recon = {448.7341: "mse", 0: "bce"}.get(run.get("nats_left_out", [None])[0])
     errors = []
     for kind, name in (("mse", "a squared error"), ("bce", "a cross-entropy")):
         if recon in (None, kind):  # the model's own terms, or both when they are unknown
@@ -441,9 +499,45 @@ def view_samples(fig, args):
     return [f"decode(mu) reconstructs the {len(images)} test images with {errors} per image"]
 
 
+def view_means(fig, args, count=8):
+    """Question 2a: decoding the means of a few test images makes only those, the prior new ones."""
+    model, images, labels, run = load_run(args)
+    fig.set_size_inches(14, 7.6)
+    left, right = fig.subplots(1, 2)
+    plot_decoded_means(model, images[:count], args.n, args.seed, left)
+    plot_samples(model, args.n, args.seed, right)
+    return [f"left: the means of test images 0 to {count - 1}, {named(labels[:count], run)}"]
+
+
+def view_aggregate(fig, args):
+    """Question 2b: the construction, beside the checkpoint's active dimension (Var[mu] > 0.01)
+    whose means are most peaked, where there is a checkpoint."""
+    if not os.path.exists(args.checkpoint):
+        fig.set_size_inches(6, 4.5)
+        plot_aggregate_construction(ax=fig.add_subplot())
+        return [f"no checkpoint at {args.checkpoint}: the construction alone"]
+    model, images, _, _ = load_run(args)
+    means, var_mu, mean_sigma2, _ = posterior_stats(model, images)
+    kurtosis = ((means - means.mean(0)) ** 4).mean(0) / var_mu**2  # 3 for a Gaussian
+    dim = int(torch.where(var_mu > 0.01, kurtosis, 0).argmax())
+    fig.set_size_inches(12, 4.5)
+    left, right = fig.subplots(1, 2)
+    plot_aggregate_construction(ax=left)
+    plot_marginals(model, images, dim, right)
+    t = np.linspace(*right.get_xlim(), 200)
+    spread = var_mu[dim].item()
+    gaussian = np.exp(-(t**2) / (2 * spread)) / math.sqrt(2 * math.pi * spread)
+    right.plot(t, gaussian, "r:", label="a Gaussian of the means' variance")
+    right.legend(fontsize="small")
+    width = mean_sigma2[dim].item()
+    figures = f"Var[mu] {spread:.3f}, E[sigma^2] {width:.3f}, so Var[z] {spread + width:.3f}"
+    peaked = f"kurtosis of the means {kurtosis[dim]:.2f} (3 for a Gaussian)"
+    return [f"right: dimension {dim}, {figures}; {peaked}"]
+
+
 def view_interpolation(fig, args, pairs=6):
-    """Straight lines between the codes of test images of different digits, drawn with --seed."""
-    model, images, labels, _ = load_run(args)
+    """Straight lines between the codes of test images of different classes, drawn with --seed."""
+    model, images, labels, run = load_run(args)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     half = len(order) // 2
     start, end = order[:half], order[half : 2 * half]
@@ -451,18 +545,27 @@ def view_interpolation(fig, args, pairs=6):
     start, end = start[different][:pairs], end[different][:pairs]
     fig.set_size_inches(args.n + 2, 1.2 * len(start) + 0.6)
     plot_interpolation(model, images[start], images[end], args.n, fig.add_subplot())
-    named = [
-        f"{a} ({labels[a]}) to {b} ({labels[b]})" for a, b in zip(start.tolist(), end.tolist())
+    names = class_names(run) or range(10)
+    lines = [
+        f"{a} ({names[labels[a]]}) to {b} ({names[labels[b]]})"
+        for a, b in zip(start.tolist(), end.tolist())
     ]
-    return ["rows, top to bottom: test images " + ", ".join(named)]
+    return ["rows, top to bottom: test images " + ", ".join(lines)]
 
 
 def view_posterior(fig, args, count=8):
-    model, images, labels, _ = load_run(args)
+    model, images, labels, run = load_run(args)
     fig.set_size_inches(args.n + 2, 1.2 * count + 0.6)
     plot_posterior_draws(model, images[:count], args.n, args.seed, fig.add_subplot())
-    digits = ", ".join(map(str, labels[:count].tolist()))
-    return [f"rows, top to bottom: test images 0 to {count - 1}, digits {digits}"]
+    return [f"rows, top to bottom: test images 0 to {count - 1}, {named(labels[:count], run)}"]
+
+
+def named(labels, run):
+    """ "digits 7, 2, 1", or the classes by name."""
+    names = class_names(run)
+    if names is None:
+        return "digits " + ", ".join(map(str, labels.tolist()))
+    return "classes " + ", ".join(names[label] for label in labels)
 
 
 def view_marginals(fig, args, most=16):
@@ -471,7 +574,8 @@ def view_marginals(fig, args, most=16):
     model, images, _, _ = load_run(args)
     var_mu = posterior_stats(model, images)[1]
     dims = sorted(sorted(range(len(var_mu)), key=lambda k: -var_mu[k])[:most])
-    cols, rows = min(4, len(dims)), math.ceil(len(dims) / 4)
+    cols = min(4, len(dims))
+    rows = math.ceil(len(dims) / 4)
     fig.set_size_inches(4.5 * cols, 3.2 * rows)
     for panel, dim in enumerate(dims):
         plot_marginals(model, images, dim, fig.add_subplot(rows, cols, panel + 1))
@@ -497,6 +601,8 @@ VIEWS = {  # each view: what draws it, and the PNG it writes unless --out says o
     "latents": (view_latents, "latents_{i}_{j}.png"),
     "scatter": (view_scatter, "scatter_{i}_{j}.png"),
     "samples": (view_samples, "samples.png"),
+    "means": (view_means, "means.png"),
+    "aggregate": (view_aggregate, "aggregate.png"),
     "interpolate": (view_interpolation, "interpolation.png"),
     "posterior": (view_posterior, "posterior.png"),
     "marginals": (view_marginals, "marginals.png"),
@@ -505,9 +611,11 @@ VIEWS = {  # each view: what draws it, and the PNG it writes unless --out says o
 VIEW_FLAGS = {
     "scatter": "the test images' posterior means beside the grid, and the table of q(z)",
     "samples": "decoded codes from the prior N(0, I), test images and reconstructions below",
-    "interpolate": "straight lines between the codes of test images of different digits",
-    "posterior": "test images, decode(mu) and decoded draws z ~ q(z|x) (question 2a)",
-    "marginals": "each latent dimension's means and codes against N(0, 1) (question 2b)",
+    "means": "decoded means of 8 test images beside decoded prior codes (question 2a)",
+    "aggregate": "q(z) = N(0, 1) with means that are not Gaussian, beside the model's (2b)",
+    "interpolate": "straight lines between the codes of test images of different classes",
+    "posterior": "test images, decode(mu) and decoded draws z ~ q(z|x)",
+    "marginals": "each latent dimension's means and codes against N(0, 1)",
 }
 
 
@@ -531,6 +639,7 @@ def parse_args(argv=()):
     curves = "learning curves from train.py's CSVs (by default the one beside --checkpoint)"
     view.add_argument("--curves", nargs="*", metavar="HISTORY", help=curves)
     p.add_argument("--seed", type=seed, default=0, help="seeds the samples, draws and pairs")
+    p.add_argument("--dataset", choices=DATASETS, help="the run's own (from its CSV), else mnist")
     p.add_argument("--data-dir", default="data", help="the folder that holds MNIST/raw")
     args = p.parse_args(argv.split() if isinstance(argv, str) else list(argv))
     if args.curves is not None:

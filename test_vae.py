@@ -34,7 +34,7 @@ from vae import VAE, encode, iwae_bound, kl_divergence, log_likelihood, negative
 matplotlib.use("agg")  # tests never open a window, whatever display the machine has
 HERE = os.path.dirname(os.path.abspath(__file__))
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "test_nelbo", "test_recon"]
-HISTORY_COLUMNS += ["test_kl", "seconds", "nats_left_out", "binarized"]
+HISTORY_COLUMNS += ["test_kl", "seconds", "nats_left_out", "binarized"]  # and "dataset", since
 
 
 class SpecVAE(nn.Module):
@@ -253,7 +253,7 @@ def test_short_training_run_lowers_the_loss(digits, kind):
     before = sum(train.evaluate(model, images)).item()
     optimizer = train.make_optimizer(model, 1e-3)
     for _ in range(5):
-        train.train_epoch(model, optimizer, images, 32, threads=1)
+        train.train_epoch(model, optimizer, images, 32)
     assert sum(train.evaluate(model, images)).item() < 0.8 * before
     assert list(train.iwae_table(model, images[:20], 10)) == [1, 10]
 
@@ -472,7 +472,7 @@ def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, f
     named = {(m[1], m[4]) for m in EPOCH_LINE.finditer(out)}
     assert named == ({("loss", "0.5")} if flags else {("-ELBO", None)})
     rows = list(csv.reader(open(tmp_path / "vae.csv", newline="")))
-    assert rows[0] == HISTORY_COLUMNS
+    assert rows[0] == [*HISTORY_COLUMNS, "dataset"] and {row[10] for row in rows[1:]} == {"mnist"}
     assert [int(row[0]) for row in rows[1:]] == list(range(1, len(expected) + 1))
     written = [[float(v) for v in row[1:7]] for row in rows[1:]]
     np.testing.assert_allclose(written, printed, atol=0.0051)
@@ -503,52 +503,87 @@ DAMAGES = {
     "a web page": lambda b: b"<html><body>Not Found</body></html>",
 }
 BAD_FLAGS = [["--epochs", "0"], ["--batch-size", "-1"], ["--z-dims", "0"], ["--hidden", "0"]]
-BAD_FLAGS += [["--lr", "nan"], ["--lr", "0"], ["--lr", "inf"], ["--beta", "-1"], ["--zdims", "2"]]
-BAD_FLAGS += [["--epochs", "two"], ["--recon", "l1"], ["--device", "tpu"], ["--seed", "-1"]]
-BAD_FLAGS += [["--seed", str(2**64)], ["--iwae", "-1"], ["--threads", "0"]]
-DAMAGED = "t10k-images-idx3-ubyte or t10k-labels-idx1-ubyte in"
+BAD_FLAGS += [
+    ["--lr", "nan"],
+    ["--lr", "0"],
+    ["--lr", "inf"],
+    ["--beta", "-1"],
+    ["--epochs", "two"],
+]
+BAD_FLAGS += [["--recon", "l1"], ["--device", "tpu"], ["--seed", "-1"], ["--seed", str(2**64)]]
+BAD_FLAGS += [["--iwae", "-1"], ["--threads", "0"], ["--dataset", "cifar"]]
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (flags, f"error: {'unrecognized' if flags[0] == '--zdims' else 'argument'}")
-        for flags in BAD_FLAGS
-    ]
-    + [
-        (["--device", "cuda"], "--device cuda: torch 2"),
-        (["--device", "mps"], "--device mps: torch 2"),
-        (["--out", "missing/vae.pt"], "give a file name in a folder that exists"),
-        (["--out", "."], "give a file name in a folder that exists"),
-        (["--data-dir", "nodata"], "no MNIST in nodata/MNIST/raw, and no download: copy its four"),
-        (["--data-dir", "raw"], "holds MNIST's files; give the folder above"),
-    ]
-    + [(["--data-dir", damage], DAMAGED) for damage in DAMAGES],
-)
-def test_user_errors_end_in_one_line_before_training(
-    tmp_path, mnist_dir, monkeypatch, capsys, flags, message
-):
-    # Catches: a nonsense setting that trains quietly; a traceback; a silent fall back to the CPU;
-    # an epoch lost to a checkpoint that cannot be written; torchvision's download traceback for
-    # missing MNIST, a damaged file called missing, folders made in the raw folder itself.
-    if flags[1] in ("cuda", "mps") and train.pick_device("auto").type == flags[1]:
-        pytest.skip("this machine has the device")
-    monkeypatch.setattr(datasets.MNIST, "mirrors", [])  # no network
+@pytest.fixture
+def data_folder(tmp_path, mnist_dir, monkeypatch):
+    """tmp_path as the working folder, MNIST in data/, and no network."""
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [])
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [])
     monkeypatch.chdir(tmp_path)
     shutil.copytree(mnist_dir, tmp_path / "data")
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    os.symlink(raw, tmp_path / "raw")
-    if flags[1] in DAMAGES:
-        shutil.copytree(tmp_path / "data", tmp_path / flags[1])
-        images = tmp_path / flags[1] / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
-        images.write_bytes(DAMAGES[flags[1]](images.read_bytes()))
-    before = sorted(os.listdir(raw))
-    status = 2 if message.startswith("error:") else 1
-    flags = ["--data-dir", "data", *flags]
-    line = one_line_error(monkeypatch, capsys, "train.py", *flags, code=status)
-    assert message in line and ("damaged" in line) == (message == DAMAGED)
-    assert len(line) < 120 or "no MNIST" not in line  # one short sentence and the fix
-    assert not (tmp_path / "vae.pt").exists() and sorted(os.listdir(raw)) == before
+    return tmp_path
+
+
+def refused_before_training(monkeypatch, capsys, folder, *flags, code=1):
+    """train.py's one line for flags, once checked that it wrote nothing."""
+    line = one_line_error(monkeypatch, capsys, "train.py", "--data-dir", "data", *flags, code=code)
+    assert not (folder / "vae.pt").exists()
+    return line
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS, ids=" ".join)
+def test_a_flag_out_of_range_is_refused_naming_it(data_folder, monkeypatch, capsys, flags):
+    # Catches: a nonsense setting that trains quietly, or ends in a traceback.
+    line = refused_before_training(monkeypatch, capsys, data_folder, *flags, code=2)
+    assert f"error: argument {flags[0]}" in line
+
+
+def test_a_misspelt_flag_is_refused(data_folder, monkeypatch, capsys):
+    line = refused_before_training(monkeypatch, capsys, data_folder, "--zdims", "2", code=2)
+    assert "unrecognized arguments: --zdims 2" in line
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_torch_cannot_see_is_refused(data_folder, monkeypatch, capsys, device):
+    # Catches: a silent fall back to the CPU.
+    if train.pick_device("auto").type == device:
+        pytest.skip("this machine has the device")
+    line = refused_before_training(monkeypatch, capsys, data_folder, "--device", device)
+    assert f"--device {device}: torch 2" in line
+
+
+@pytest.mark.parametrize("out", ["missing/vae.pt", "."], ids=["in a missing folder", "a folder"])
+def test_an_out_that_cannot_be_written_is_refused(data_folder, monkeypatch, capsys, out):
+    # Catches: an epoch lost to a checkpoint that cannot be written.
+    line = refused_before_training(monkeypatch, capsys, data_folder, "--out", out)
+    assert "give a file name in a folder that exists" in line
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion", "FashionMNIST")])
+def test_missing_data_says_where_to_copy_it(data_folder, monkeypatch, capsys, dataset, folder):
+    # Catches: torchvision's download traceback, folders made where the files should be.
+    flags = ["--data-dir", "nodata", "--dataset", dataset]
+    line = refused_before_training(monkeypatch, capsys, data_folder, *flags)
+    assert f"no {folder} in nodata/{folder}/raw, and no download: copy its four" in line
+    assert len(line) < 130  # one short sentence and the fix
+
+
+def test_the_raw_folder_given_as_data_dir_is_refused(data_folder, monkeypatch, capsys):
+    os.symlink(data_folder / "data" / "MNIST" / "raw", data_folder / "raw")
+    line = refused_before_training(monkeypatch, capsys, data_folder, "--data-dir", "raw")
+    assert "holds the raw files; give the folder above" in line
+    assert sorted(os.listdir(data_folder / "raw")) == sorted(
+        os.listdir(data_folder / "data/MNIST/raw")
+    )
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_file_is_named_as_damaged(data_folder, monkeypatch, capsys, damage):
+    # Catches: a damaged file called missing, or read as a short data set.
+    images = data_folder / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(DAMAGES[damage](images.read_bytes()))
+    line = refused_before_training(monkeypatch, capsys, data_folder)
+    assert "t10k-images-idx3-ubyte or t10k-labels-idx1-ubyte in" in line and "damaged" in line
 
 
 @pytest.mark.parametrize(
@@ -567,45 +602,51 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
     assert [row["epoch"] for row in history(tmp_path / "vae.csv")] == ["1"]
 
 
-def test_ctrl_c_says_which_epoch_is_saved_and_a_notebook_keeps_the_model(
-    tmp_path, mnist_dir, monkeypatch, capsys
-):
+def test_ctrl_c_in_a_script_says_which_epoch_is_saved(tmp_path, mnist_dir, monkeypatch, capsys):
     # Catches: a traceback on Ctrl-C, a message that misstates what was saved or hides --resume,
-    # a history ahead of or behind its checkpoint, SystemExit in a notebook (which loses the
-    # trained model), and "returning the model" said when there is none.
+    # a history ahead of or behind its checkpoint.
     two = load(run_train(tmp_path, mnist_dir, "--iwae", "0", out="two.pt"))
-    out, csv_path = tmp_path / "vae.pt", tmp_path / "vae.csv"
+    out = tmp_path / "vae.pt"
     on_call(monkeypatch, torch, "randperm", 3, interrupt)  # as epoch 3 begins
     args = ["--data-dir", mnist_dir, "--out", str(out), *FAST, "--epochs", "3"]
     status, _, err = run_script(monkeypatch, capsys, "train.py", *args)
-    said = f"train.py: interrupted in epoch 3; {out} and {csv_path} hold epoch 2"
+    said = f"train.py: interrupted; {out} and {tmp_path / 'vae.csv'} hold epoch 2"
     assert status == 130 and err.strip() == f"{said}; --resume goes on from there"
-    assert same_weights(load(out), two) and len(history(csv_path)) == 2
+    assert same_weights(load(out), two) and len(history(tmp_path / "vae.csv")) == 2
+
+
+def test_ctrl_c_in_a_notebook_returns_the_model_and_resume_goes_on(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    # Catches: SystemExit in a notebook (which loses the trained model), "returning the model"
+    # not said, a resumed run that cannot be interrupted and resumed again.
     monkeypatch.setattr(train, "in_notebook", lambda: True)
+    args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), *FAST, "--epochs", "3"]
     with monkeypatch.context() as patch:
-        on_call(patch, torch, "randperm", 2, interrupt)  # in a notebook, as epoch 2 begins
+        on_call(patch, torch, "randperm", 2, interrupt)  # as epoch 2 begins
         model = train.main(args)
-    assert same_weights(model.state_dict(), load(out))
+    assert same_weights(model.state_dict(), load(tmp_path / "vae.pt"))
     err = capsys.readouterr().err
-    assert "interrupted in epoch 2; " in err and "hold epoch 1; --resume goes on from there" in err
-    assert "returning the model as it is now" in err
+    assert "hold epoch 1; --resume goes on from there\nreturning the model as it is now" in err
     with monkeypatch.context() as patch:  # a resumed run, interrupted as epoch 3 begins
         on_call(patch, torch, "randperm", 2, interrupt)
         assert isinstance(train.main([*args, "--resume"]), VAE)
-    assert "interrupted in epoch 3; " in capsys.readouterr().err
-    resumed = train.main(["--data-dir", mnist_dir, "--out", str(out), "--resume"])  # to epoch 3
-    assert isinstance(resumed, VAE) and len(history(csv_path)) == 3
-    monkeypatch.setattr(datasets, "MNIST", interrupt)  # before training began
-    assert train.main(["--data-dir", mnist_dir, "--out", str(out)]) is None
-    err = capsys.readouterr().err.strip()
-    assert err.endswith(f"interrupted before training began; nothing was saved to {out}")
+    assert "hold epoch 2; --resume goes on from there" in capsys.readouterr().err
+    assert isinstance(train.main([*args, "--resume"]), VAE)
+    assert len(history(tmp_path / "vae.csv")) == 3
 
 
-def test_saves_are_whole_even_while_another_program_holds_the_file(tmp_path, monkeypatch):
-    # Catches: a checkpoint written in place (a kill mid-write corrupts it); a temporary file left
-    # behind; a save lost while another program (on Windows, a virus scanner or a sync client)
-    # briefly holds the old checkpoint, or the old one damaged if it holds it for good.
-    path, kept = str(tmp_path / "vae.pt"), VAE().state_dict()
+def test_ctrl_c_while_loading_says_nothing_changed(tmp_path, mnist_dir, monkeypatch, capsys):
+    monkeypatch.setattr(datasets, "MNIST", interrupt)  # read as train.py starts
+    flags = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt")]
+    status, _, err = run_script(monkeypatch, capsys, "train.py", *flags)
+    assert status == 130 and err.strip().endswith("before training began; nothing was changed")
+
+
+def test_a_save_stopped_halfway_leaves_the_last_checkpoint_whole(tmp_path):
+    # Catches: a checkpoint written in place, which a kill mid-write corrupts.
+    path = str(tmp_path / "vae.pt")
+    kept = VAE().state_dict()
     torch.save(kept, path)
 
     def half_then_ctrl_c(f):
@@ -614,25 +655,7 @@ def test_saves_are_whole_even_while_another_program_holds_the_file(tmp_path, mon
 
     with pytest.raises(KeyboardInterrupt):
         train.write_atomically(path, half_then_ctrl_c)
-    assert same_weights(load(path), kept) and os.listdir(tmp_path) == ["vae.pt"]
-    real_replace, refused = os.replace, []
-
-    def replace(*args):  # refused while the other program holds the file
-        refused.append(1)
-        if len(refused) <= holds:
-            raise PermissionError(13, "The process cannot access the file")
-        real_replace(*args)
-
-    monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(train.time, "sleep", lambda seconds: None)
-    holds, new = 2, VAE().state_dict()
-    train.write_atomically(path, lambda f: torch.save(new, f))
-    assert same_weights(load(path), new) and len(refused) == 3
-    refused.clear()
-    holds = 100
-    with pytest.raises(PermissionError):
-        train.write_atomically(path, lambda f: torch.save(VAE().state_dict(), f))
-    assert same_weights(load(path), new) and os.listdir(tmp_path) == ["vae.pt"]
+    assert same_weights(load(path), kept)
 
 
 # ---------------------------------------------------------------- train.py --resume
@@ -656,24 +679,23 @@ def kill(real, *args, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "kill_at",
+    "owner, name, call",
     [
-        ("write_atomically", 4),  # after epoch 2's checkpoint: the history and state still at 1
-        ("write_atomically", 5),  # after epoch 2's history: the state still at epoch 1
-        ("kl_divergence", 15),  # in the middle of epoch 2
+        ("train", "write_atomically", 4),
+        ("train", "write_atomically", 5),
+        ("vae", "kl_divergence", 15),
     ],
+    ids=["after a checkpoint", "after a history", "mid-epoch"],
 )
 def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
-    tmp_path, mnist_dir, monkeypatch, capsys, kill_at
+    tmp_path, mnist_dir, monkeypatch, capsys, owner, name, call
 ):
     # Catches: Adam's moments, the random state (shuffles, z, pixels) or the epoch not saved or
     # restored; epochs trained twice or skipped; a resume from a checkpoint ahead of its state;
-    # threads that change the weights; --epochs not the total; flags not read back (3 dimensions
-    # resumed as 4); a checkpoint the spec's class cannot load; a resume that hides where it is.
+    # threads that change the weights; --epochs not the total; flags not read back.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
-    owner = train.vae if kill_at[0] == "kl_divergence" else train
     with monkeypatch.context() as patch:
-        on_call(patch, owner, *kill_at, kill)
+        on_call(patch, train.vae if owner == "vae" else train, name, call, kill)
         with pytest.raises(Killed):
             run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3")
     capsys.readouterr()
@@ -681,10 +703,8 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     out = capsys.readouterr().out
     epochs = [line[:9] for line in out.splitlines() if line.startswith("epoch")]
     assert f"resuming {resumed} after epoch 1" in out and epochs == ["epoch 2/3", "epoch 3/3"]
-    assert same_weights(load(resumed), load(straight)) and "-L_k" in out
-    SpecVAE(z_dims=3).load_state_dict(load(resumed))
+    assert same_weights(load(resumed), load(straight))
     assert figures(history(tmp_path / "vae.csv")) == figures(history(tmp_path / "straight.csv"))
-    assert [row["epoch"] for row in history(tmp_path / "vae.csv")] == ["1", "2", "3"]
 
 
 @pytest.mark.parametrize(
@@ -695,99 +715,130 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
         (["--binarize"], "was trained with --binarize False"),
         (["--seed", "1"], "was trained with --seed 0"),
         (["--batch-size", "64"], "was trained with --batch-size 32"),
-        (["--epochs", "1"], None),  # finished: nothing left to do
+        (["--dataset", "fashion"], "was trained with --dataset mnist"),
     ],
+    ids=lambda value: value[0] if isinstance(value, list) else "",
 )
-def test_resume_refuses_other_flags_and_leaves_a_finished_run_as_it_is(
+def test_resume_refuses_a_flag_that_would_change_the_weights(
     tmp_path, mnist_dir, monkeypatch, capsys, flags, message
 ):
-    # Catches: a flag that changes the weights silently dropped or obeyed on resume, anything
-    # written before the refusal, and a finished run trained on or rewritten.
+    # Catches: such a flag silently dropped or obeyed on resume, anything written before.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
-    before, args = the_files(tmp_path), ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt")]
-    if message:
-        line = one_line_error(monkeypatch, capsys, "train.py", *args, "--resume", *flags)
-        assert line.startswith("train.py: error: --resume: ") and message in line
-    else:
-        model = train.main([*args, "--resume", *flags])
-        assert "holds epoch 1 of --epochs 1: nothing left to do" in capsys.readouterr().out
-        assert same_weights(model.state_dict(), load(tmp_path / "vae.pt"))
+    before = the_files(tmp_path)
+    args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--resume", *flags]
+    line = one_line_error(monkeypatch, capsys, "train.py", *args)
+    assert line.startswith("train.py: error: --resume: ") and message in line
     assert the_files(tmp_path) == before
 
 
-def test_a_new_run_says_what_it_replaces_and_resume_without_a_run_starts_one(
+def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_dir, capsys):
+    # Catches: a finished run trained again or rewritten (the README's quick start, run twice).
+    model = load(run_train(tmp_path, mnist_dir, "--epochs", "1"))
+    before = the_files(tmp_path)
+    for flags in ([], ["--resume"]):
+        again = run_train(tmp_path, mnist_dir, "--epochs", "1", *flags)
+        assert "holds epoch 1 of --epochs 1: nothing left to do" in capsys.readouterr().out
+        assert same_weights(load(again), model) and the_files(tmp_path) == before
+
+
+def test_the_same_flags_with_more_epochs_go_on_with_the_saved_run(tmp_path, mnist_dir, capsys):
+    # Catches: a saved run replaced from its first epoch, or trained on from another start.
+    straight = run_train(tmp_path, mnist_dir, "--epochs", "2", "--iwae", "0", out="straight.pt")
+    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
+    assert same_weights(load(run_train(tmp_path, mnist_dir, "--iwae", "0")), load(straight))
+    assert f"resuming {tmp_path / 'vae.pt'} after epoch 1" in capsys.readouterr().out
+
+
+def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, monkeypatch, capsys):
+    # Catches: a trained run destroyed by a rerun with other flags, a refusal that does not give
+    # the command that goes on with it, or that comes after something was written.
+    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
+    before = the_files(tmp_path)
+    out = tmp_path / "vae.pt"
+    args = ["--data-dir", mnist_dir, "--out", str(out), "--z-dims", "2"]
+    line = one_line_error(monkeypatch, capsys, "train.py", *args)
+    go_on = f"python train.py --resume --out {out} --data-dir {mnist_dir}"
+    assert f"{out} was trained with --z-dims 4; to go on with it: {go_on}; or give --out" in line
+    assert the_files(tmp_path) == before
+    (tmp_path / "vae.resume.pt").unlink()  # a checkpoint from elsewhere
+    line = one_line_error(monkeypatch, capsys, "train.py", *args[:4])
+    assert "vae.pt exists without the " in line and "give --out a new name" in line
+    assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
+
+
+def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
-    # Catches: --resume failing with no run yet (a Colab cell run again), training over a checkpoint
-    # it cannot go on with exactly, reading a damaged state; a checkpoint replaced without a word,
-    # or too late, or not naming the ways to keep it; an old state left beside a new checkpoint.
+    # Catches: --resume failing with no run yet (a Colab cell run again), a damaged state read.
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
     assert "--resume: no run saved at" in capsys.readouterr().out
     assert len(history(tmp_path / "vae.csv")) == 2
-    before = the_files(tmp_path)
-    monkeypatch.setattr(train, "in_notebook", lambda: True)
-    with monkeypatch.context() as patch:
-        on_call(patch, train.vae, "kl_divergence", 3, interrupt)  # in the first epoch
-        run_train(tmp_path, mnist_dir, "--iwae", "0")
-    out = capsys.readouterr().out
-    assert f"replaces {tmp_path / 'vae.pt'} (2 epochs) after its first epoch" in out
-    assert "--resume" in out and "--out" in out and the_files(tmp_path) == before
-    with monkeypatch.context() as patch:  # killed in its first save: the old state is gone first
-        on_call(patch, train, "write_atomically", 2, kill)
-        with pytest.raises(Killed):
-            run_train(tmp_path, mnist_dir, "--iwae", "0")
-    assert not (tmp_path / "vae.resume.pt").exists()
+    (tmp_path / "vae.resume.pt").write_bytes(b"damaged")
     args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--resume"]
     line = one_line_error(monkeypatch, capsys, "train.py", *args)
-    assert "has no " in line and "vae.resume.pt beside it" in line
-    (tmp_path / "vae.resume.pt").write_bytes(b"damaged")
-    line = one_line_error(monkeypatch, capsys, "train.py", *args)
-    assert "vae.resume.pt is damaged; train anew without --resume" in line
+    assert "vae.resume.pt is damaged; give --out a new name" in line
 
 
 # ---------------------------------------------------------------- train.py: threads
 
 
-@pytest.mark.parametrize(
-    "seconds, chosen, probes_of_2",
-    [
-        ({1: 1.0, 2: 0.6}, 2, 3),  # idle: 2 threads win
-        ({1: 1.0, 2: 2.5}, 1, 3),  # busy: 1 thread wins
-        ({1: 1.0, 2: 69.0}, 1, 1),  # far slower: timed once
-    ],
-)
-def test_threads_follow_the_machine_each_epoch(monkeypatch, seconds, chosen, probes_of_2):
-    # Catches: a count chosen once for the whole run (a machine that becomes busy is not followed),
-    # the slower count kept, probes that never end, and a count many times slower timed again and
-    # again, which would cost its slowdown on every probe.
-    clock, counts = [0.0], []  # a step takes seconds[n] on n threads, on this clock
+def probe(monkeypatch, seconds, cpus=2):
+    """fastest_threads, where a pass takes seconds[n] on n threads: the counts it ran, in order."""
+    clock, counts = [0.0], []
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    real = train.vae.negative_elbo
 
-    def epoch(busy_from=20):  # from then on, another program holds a core: 2 threads crawl
-        choice = train.ThreadChoice("auto")
-        for step in range(20):
-            with choice.timing():
-                counts.append(torch.get_num_threads())
-                crawl = step >= busy_from and counts[-1] == 2
-                clock[0] += seconds[counts[-1]] * (300 if crawl else 1)
+    def timed(*args, **kwargs):
+        counts.append(torch.get_num_threads())
+        clock[0] += seconds[counts[-1]]
+        return real(*args, **kwargs)
 
-    epoch()
-    assert counts[: 6 if probes_of_2 == 3 else 4].count(2) == probes_of_2
-    assert set(counts[6:]) == {chosen} and torch.get_num_threads() == chosen
-    seconds[1], seconds[2] = seconds[2], seconds[1]  # the machine changes: the next epoch follows
-    epoch()
-    assert set(counts[-10:]) == {3 - chosen}
-    epoch(busy_from=10)  # a core taken mid-epoch: one slow step on 2 threads, then 1 thread
-    assert counts[-10:].count(2) <= 1 and counts[-1] == 1
+    monkeypatch.setattr(train.vae, "negative_elbo", timed)
+    model = VAE()
+    chosen = train.fastest_threads(model, torch.rand(20, 784), 10)
+    assert chosen == torch.get_num_threads()
+    return chosen, counts
+
+
+@pytest.mark.parametrize(
+    "seconds, chosen",
+    [({1: 1.0, 2: 0.6}, 2), ({1: 1.0, 2: 2.5}, 1), ({1: 1.0, 2: 0.6, 4: 0.5}, 4)],
+    ids=["idle: 2 threads", "a core busy: 1 thread", "4 CPUs, idle: 4 threads"],
+)
+def test_the_fastest_thread_count_is_chosen(monkeypatch, seconds, chosen):
+    # Catches: the slower count kept, counts the CPUs do not have tried or others left out.
+    assert probe(monkeypatch, seconds, cpus=max(seconds))[0] == chosen
+
+
+def test_a_count_far_slower_is_timed_no_longer_than_the_fastest(monkeypatch):
+    # Catches: a count 20 times slower timed in full, costing that slowdown on every probe.
+    counts = probe(monkeypatch, {1: 1.0, 2: 20.0})[1]
+    assert counts == [1] * 10 + [2]
+
+
+def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
+    # Catches: a probe that steps Adam, leaves gradients behind, or draws from the random state
+    # (the weights would then depend on how many counts the CPUs allow).
+    torch.manual_seed(0)
+    model = VAE()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    train.fastest_threads(model, digits[0])
+    assert same_weights(model.state_dict(), before) and torch.equal(torch.get_rng_state(), state)
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize(
     "flags, said",
     [
         (["--threads", "3"], "device: cpu (3 threads)\n"),
-        ([], "device: cpu (threads: each epoch runs on the fastest of 1 and 2, timed first)\n"),
+        (
+            [],
+            "device: cpu (threads: each epoch runs on the fastest of 1, 2 and 4 the CPUs allow)\n",
+        ),
     ],
+    ids=["fixed", "auto"],
 )
 def test_threads_are_set_while_training_and_said(
     tmp_path, mnist_dir, capsys, monkeypatch, flags, said
@@ -816,7 +867,7 @@ def test_the_same_seed_gives_the_same_weights_and_bound_on_any_thread_count(digi
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = VAE()
-        train.train_epoch(model, train.make_optimizer(model, 1e-3), images, 64, threads=threads)
+        train.train_epoch(model, train.make_optimizer(model, 1e-3), images, 64)
         runs.append((model.state_dict(), train.iwae_table(model, images[:40], 20)))
     assert all(same_weights(runs[0][0], state) and table == runs[0][1] for state, table in runs[1:])
 
@@ -887,7 +938,7 @@ def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatc
     monkeypatch.setattr(sys, "stdout", stdout)
     monkeypatch.setattr(sys, "stderr", stderr)
     model = VAE()
-    train.train_epoch(model, train.make_optimizer(model, 1e-3), digits[0], threads=1)
+    train.train_epoch(model, train.make_optimizer(model, 1e-3), digits[0])
     train.iwae_table(model, digits[0][:20], 2)
     shown = {"stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
     assert [name for name, text in shown.items() if "batch" in text] == ([bar] if bar else [])
@@ -1151,19 +1202,51 @@ def test_plot_curves_draws_the_histories_figures_in_their_units(tmp_path):
     right = plot_latents.plot_curves(HISTORY, terms=True)
     drawn = {line.get_label(): list(line.get_ydata()) for line in right.lines}
     assert drawn == {"test recon": [40.0, 33.0, 29.5], "test KL": [7.0, 5.5, 4.5]}
-    ax = plot_latents.plot_curves(plot_latents.read_history(tmp_path / "vae.csv"))
-    assert ax.get_ylabel() == "nats per image, less 448.73 (squared error: a Gaussian decoder)"
-    terms = plot_latents.plot_curves(HISTORY, terms=True).get_ylabel()  # KL in plain nats
-    assert terms == "nats per image, recon less 448.73 (squared error: a Gaussian decoder)"
-    bce = [{**row, "nats_left_out": 0, "binarized": 1} for row in HISTORY]
-    with pytest.raises(ValueError, match="draw them apart"):
-        plot_latents.plot_curves(bce, ax=ax, label="bce run")
-    assert "binarized pixels" in plot_latents.plot_curves(bce).get_ylabel()
-    grey = [{**row, "nats_left_out": 0, "binarized": 0} for row in HISTORY]
-    assert "not a log-likelihood" in plot_latents.plot_curves(grey).get_ylabel()
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "vae.csv").read_bytes())
     excel = plot_latents.read_history(tmp_path / "excel.csv")
     assert excel == plot_latents.read_history(tmp_path / "vae.csv")
+
+
+def units_of(rows, terms=False):
+    return plot_latents.plot_curves(rows, terms=terms).get_ylabel()
+
+
+@pytest.mark.parametrize(
+    "units, label",
+    [
+        ({}, "nats per image, less 448.73\n(squared error: Gaussian)"),
+        ({"nats_left_out": 0, "binarized": 1}, "nats per image\n(binarized pixels: Bernoulli)"),
+        ({"nats_left_out": 0, "binarized": 0}, "cross-entropy per image\n(grey pixels: not a"),
+        ({"dataset": "fashion"}, "FashionMNIST: nats per image, less 448.73"),
+    ],
+    ids=["squared error", "binarized cross-entropy", "grey cross-entropy", "fashion"],
+)
+def test_the_curves_axis_says_what_the_figures_measure(units, label):
+    # Catches: an axis that does not say what its figures measure, the wrong constant.
+    assert units_of([{**row, **units} for row in HISTORY]).startswith(label)
+
+
+def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
+    assert (
+        units_of(HISTORY, terms=True)
+        == "nats per image, recon less 448.73\n(squared error: Gaussian)"
+    )
+
+
+@pytest.mark.parametrize(
+    "other", [{"nats_left_out": 0, "binarized": 1}, {"dataset": "fashion"}], ids=["units", "data"]
+)
+def test_curves_in_other_units_or_of_other_data_are_not_overlaid(other):
+    # Catches: mse and bce runs, or MNIST and Fashion-MNIST ones, drawn as if their figures compared.
+    ax = plot_latents.plot_curves(HISTORY)
+    with pytest.raises(ValueError, match="is in .*, the curves drawn in nats per image, less 448"):
+        plot_latents.plot_curves([{**row, **other} for row in HISTORY], ax=ax, label="other")
+
+
+def test_a_history_without_units_is_labelled_without_complaint():
+    # Catches: "units unknown (no columns ...)" on a student's own history, which is not wrong.
+    own = [{"epoch": 1, "train_loss": 60.0, "test_nelbo": 50.0}]
+    assert units_of(own) == "per image, in the history's own units"
 
 
 def test_a_students_own_history_of_some_columns_draws():
@@ -1175,14 +1258,13 @@ def test_a_students_own_history_of_some_columns_draws():
     ax = plot_latents.plot_curves(own, label="mine")
     drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
     assert drawn == {"mine: test -ELBO": [50.0, 41.0], "mine: train loss": [60.0, 45.0]}
-    assert "units unknown" in ax.get_ylabel()
     plot_latents.plot_curves(HISTORY, ax=ax, label="train.py")
     summed = plot_latents.plot_curves([{"epoch": 1, "test_recon": 30.0, "test_kl": 5.0}])
     assert list(summed.lines[0].get_ydata()) == [35.0]
     with pytest.raises(ValueError, match="none of the figures"):
         plot_latents.plot_curves(own, terms=True)
     named = plot_latents.plot_curves({**own, "nats_left_out": [0, 0], "binarized": [1, 1]})
-    assert named.get_ylabel().startswith("nats per image (cross-entropy on binarized")
+    assert named.get_ylabel().startswith("nats per image\n(binarized pixels")
 
 
 @pytest.mark.parametrize(
@@ -1485,7 +1567,7 @@ def test_plot_bad_inputs_are_refused(
 
 def test_plot_ctrl_c_ends_quietly(tmp_path, small_checkpoint, monkeypatch, capsys):
     # Catches: a traceback when Ctrl-C lands while MNIST loads.
-    monkeypatch.setattr(datasets, "MNIST", interrupt)
+    monkeypatch.setitem(train.DATASETS, "mnist", interrupt)
     flags = ["--checkpoint", small_checkpoint, "--samples", "--out", str(tmp_path / "s.png")]
     status, _, err = run_script(monkeypatch, capsys, "plot_latents.py", *flags)
     assert status == 130 and err.strip() == "plot_latents.py: interrupted"
@@ -1528,8 +1610,8 @@ def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_
         if "by_hand" in block:
             set_to.clear()
         exec(compile(block, "README.md", "exec"), namespace)
-        if "by_hand" in block:  # each of its 3 epochs times 1 and 2 threads, in turn
-            assert set_to[:2] == [1, 2] and set_to.count(2) >= 3
+        if "by_hand" in block:  # each of its 3 epochs times 1 and 2 threads
+            assert set_to[:2] == [1, 2] and set_to.count(1) >= 3 and set_to.count(2) >= 3
     assert len(blocks) >= 3 and "epoch 3  train -ELBO" in capsys.readouterr().out
     by_main = train.main(["--epochs", "3", "--device", "cpu", "--out", "check.pt", "--iwae", "0"])
     assert same_weights(namespace["by_hand"].state_dict(), by_main.state_dict())

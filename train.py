@@ -1,4 +1,4 @@
-"""Train the VAE on MNIST with Adam; save its state_dict and a CSV of every epoch's figures.
+"""Train the VAE on MNIST (or Fashion-MNIST) with Adam; save its state_dict and a CSV of each epoch.
 
 python train.py --epochs 10
 python train.py --resume --epochs 30   # go on to epoch 30, as if never stopped
@@ -6,9 +6,10 @@ python train.py --resume --epochs 30   # go on to epoch 30, as if never stopped
 
 import argparse
 import contextlib
+import csv
+import io
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -22,29 +23,27 @@ from tqdm import tqdm
 
 import vae
 
-TRAINING_FLAGS = ("z_dims", "hidden", "lr", "beta", "recon", "batch_size", "binarize", "seed")
+DATASETS = {"mnist": datasets.MNIST, "fashion": datasets.FashionMNIST}
+# The flags that shape the weights: --resume reads them back and refuses others.
+TRAINING_FLAGS = "dataset z_dims hidden lr beta recon batch_size binarize seed".split()
 
 
-def train_epoch(
-    model, optimizer, images, batch_size=128, beta=1.0, recon="mse", binarize=False, threads="auto"
-):
-    """One pass of Adam over the shuffled images, each batch's loss recon + beta * KL. Returns
-    both terms per image, on the device. On the CPU it picks its threads as train.py does."""
+def train_epoch(model, optimizer, images, batch_size=128, beta=1.0, recon="mse", binarize=False):
+    """One pass of Adam over the shuffled images, each batch's loss recon + beta * KL. Returns both
+    terms per image, on the device."""
     model.train()
     order = torch.randperm(len(images)).to(images.device)
     total = torch.zeros(2, device=images.device)
-    threads = ThreadChoice(threads if images.device.type == "cpu" else None)
     for start in progress(range(0, len(images), batch_size)):
         x = images[order[start : start + batch_size]]
         if binarize:
             x = torch.bernoulli(x)  # pixels drawn anew as 0 or 1, each time an image is used
-        with threads.timing():
-            x_prime, mu, logvar = model(x)
-            reconstruction = vae.reconstruction_loss(x_prime, x, recon)
-            kl = vae.kl_divergence(mu, logvar)
-            optimizer.zero_grad(set_to_none=True)
-            (reconstruction + beta * kl).backward()
-            optimizer.step()
+        x_prime, mu, logvar = model(x)
+        reconstruction = vae.reconstruction_loss(x_prime, x, recon)
+        kl = vae.kl_divergence(mu, logvar)
+        optimizer.zero_grad(set_to_none=True)
+        (reconstruction + beta * kl).backward()
+        optimizer.step()
         total += torch.stack([reconstruction.detach(), kl.detach()])
     return total / len(images)
 
@@ -65,77 +64,91 @@ def make_optimizer(model, lr):
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
 
-def train(args, resumed=None):
-    """Train as the flags say, from the start or on from `resumed` (a saved run), saving after
-    each epoch. Ctrl-C stops it with a line saying what was saved; a notebook gets the model."""
-    where, saved, model = "before training began", 0, None
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(1)  # until an epoch times its threads: loading gains nothing from more
+def fastest_threads(model, images, batch_size=128, passes=10):
+    """Set torch to the thread count, of 1, 2 and 4 as far as the CPUs go, that now runs a batch's
+    forward and backward passes fastest, and return it. A step's threads wait for the slowest, so
+    while another program holds a core one thread can be many times faster than two."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    seconds = {}
+    model.eval()  # a student's batch norm keeps its statistics
+    x = images[:batch_size]
+    for count in [count for count in (1, 2, 4) if count <= cpus]:
+        torch.set_num_threads(count)
+        start = time.perf_counter()
+        for _ in range(passes):  # together, long enough to feel another program's share
+            mu, logvar = vae.encode(model, x)
+            loss = vae.negative_elbo(model.decoder(mu), x, mu, logvar)
+            torch.autograd.grad(loss, list(model.parameters()))  # the weights' grads untouched
+            if time.perf_counter() - start > min(seconds.values(), default=math.inf):
+                break  # slower than a count already timed
+        seconds[count] = time.perf_counter() - start
+    fastest = min(seconds, key=seconds.get)
+    torch.set_num_threads(fastest)
+    return fastest
+
+
+def train(args, run=None):
+    """Train as the flags say, from the start or on from a saved run, saving after each epoch;
+    returns the model. Ctrl-C stops it with a line saying what was saved."""
+    torch.set_num_threads(1 if args.threads == "auto" else args.threads)  # loading gains nothing
+    device = pick_device(args.device)
+    images = load_mnist(args.data_dir, True, device, args.dataset)[0]
+    test_images = load_mnist(args.data_dir, False, device, args.dataset)[0]
+    if args.binarize:
+        test_images = binarize_once(test_images)
+    torch.manual_seed(args.seed)
+    model = vae.VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
+    optimizer = make_optimizer(model, args.lr)
+    history = restore(run, model, optimizer) if run else []
+    if len(history) >= args.epochs:
+        done = f"{args.out} holds epoch {len(history)} of --epochs {args.epochs}"
+        print(f"{done}: nothing left to do")
+        return model
+    if history:
+        print(f"resuming {args.out} after epoch {len(history)}")
+    print(device_line(device, args.threads))
     try:
-        device = pick_device(args.device)
-        check_out(args.out)
-        train_images, _ = load_mnist(args.data_dir, train=True, device=device)
-        test_images, _ = load_mnist(args.data_dir, train=False, device=device)
-        if args.binarize:
-            test_images = binarize_once(test_images)
-        torch.manual_seed(args.seed)
-        model = vae.VAE(z_dims=args.z_dims, num_hidden=args.hidden).to(device)
-        optimizer = make_optimizer(model, args.lr)
-        history = restore(resumed, model, optimizer, device) if resumed else []
-        saved = len(history)
-        if saved >= args.epochs:
-            print(f"{args.out} holds epoch {saved} of --epochs {args.epochs}: nothing left to do")
-            return model
-        say_what_happens_to(args.out, saved, args.resume)
-        print(device_line(device, args.threads))
-        names = ("batch_size", "beta", "recon", "binarize", "threads")  # train_epoch's, as flags
-        options = {name: getattr(args, name) for name in names}
-        for epoch in range(saved + 1, args.epochs + 1):
-            where = f"in epoch {epoch}"
+        for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
-            train_recon, train_kl = train_epoch(model, optimizer, train_images, **options).tolist()
-            test_recon, test_kl = evaluate(model, test_images, args.recon).tolist()
-            row = {
-                "epoch": epoch,
-                "train_loss": train_recon + args.beta * train_kl,
-                "train_recon": train_recon,
-                "train_kl": train_kl,
-                "test_nelbo": test_recon + test_kl,
-                "test_recon": test_recon,
-                "test_kl": test_kl,
-                "seconds": time.perf_counter() - start,
-                "nats_left_out": vae.log_likelihood_constant(args.recon),  # what the row's
-                "binarized": int(args.binarize),  # figures measure: see the README
-            }
-            for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
-                if not math.isfinite(row[name]):
-                    kept = f"{counted(saved, 'good epoch')} kept in {args.out}; lower --lr"
-                    raise FloatingPointError(f"{name} became {row[name]} {where}; {kept}")
-            history.append({name: round(value, 4) for name, value in row.items()})
+            if args.threads == "auto" and device.type == "cpu":
+                fastest_threads(model, images, args.batch_size)
+            train_terms = train_epoch(
+                model, optimizer, images, args.batch_size, args.beta, args.recon, args.binarize
+            )
+            test_terms = evaluate(model, test_images, args.recon)
+            row = epoch_row(epoch, train_terms, test_terms, time.perf_counter() - start, args)
+            history.append(row)
             save(model, optimizer, history, args)
-            saved = epoch
             print(epoch_line(row, args, device))
         print(f"saved {args.out} and {beside(args.out, '.csv')}")
-        if args.iwae and args.beta == 0:
-            print("\n--beta 0: a plain autoencoder, whose bound on log p(x) means little: no table")
-        elif args.iwae:
-            where = "while bounding log p(x)"
-            table = iwae_table(model, test_images, args.iwae, args.recon)
-            print("", *bound_report(table, args.recon, args.binarize), sep="\n")
+        report_bound(model, test_images, args)
     except KeyboardInterrupt:
-        kept = f"nothing was saved to {args.out}"
-        if saved:
-            kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
-        if 0 < saved < args.epochs:
-            kept += "; --resume goes on from there"
-        print(f"\ntrain.py: interrupted {where}; {kept}", file=sys.stderr)
-        if not in_notebook():
-            sys.exit(130)  # a script ends, as after any Ctrl-C; a notebook goes on
-        if model is not None:
-            print("returning the model as it is now", file=sys.stderr)
-    finally:
-        torch.set_num_threads(threads_before)
+        say_interrupted(args, len(history))
     return model
+
+
+def epoch_row(epoch, train_terms, test_terms, seconds, args):
+    """An epoch's row of the history, its figures per image and their units; FloatingPointError
+    if one is not a number."""
+    train_recon, train_kl = train_terms.tolist()
+    test_recon, test_kl = test_terms.tolist()
+    figures = {
+        "epoch": epoch,
+        "train_loss": train_recon + args.beta * train_kl,
+        "train_recon": train_recon,
+        "train_kl": train_kl,
+        "test_nelbo": test_recon + test_kl,
+        "test_recon": test_recon,
+        "test_kl": test_kl,
+        "seconds": seconds,
+        "nats_left_out": vae.log_likelihood_constant(args.recon),  # the units: see the README
+        "binarized": int(args.binarize),
+    }
+    for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
+        if not math.isfinite(figures[name]):
+            kept = f"{counted(epoch - 1, 'good epoch')} kept in {args.out}; lower --lr"
+            raise FloatingPointError(f"{name} became {figures[name]} in epoch {epoch}; {kept}")
+    return {**{name: round(value, 4) for name, value in figures.items()}, "dataset": args.dataset}
 
 
 def epoch_line(row, args, device):
@@ -148,6 +161,14 @@ def epoch_line(row, args, device):
     if device.type == "cpu":
         line += f" on {counted(torch.get_num_threads(), 'thread')}"
     return line
+
+
+def report_bound(model, test_images, args):
+    if args.iwae and args.beta == 0:
+        print("\n--beta 0: a plain autoencoder, whose bound on log p(x) means little: no table")
+    elif args.iwae:
+        table = iwae_table(model, test_images, args.iwae, args.recon)
+        print("", *bound_report(table, args.recon, args.binarize), sep="\n")
 
 
 @torch.no_grad()
@@ -167,10 +188,11 @@ def bound_report(table, recon="mse", binarized=False):
     """The lines train.py prints for iwae_table's table, and what its first and last rows say."""
     left_out = vae.log_likelihood_constant(recon)
     lines = ["test -log p(x) bounds per image, from k samples z ~ q(z|x) (-L_k; k = 1: the -ELBO):"]
-    header, rows = "      k  -L_k, nats", [f"  {k:5d}  {v:10.2f}" for k, v in table.items()]
+    header = "      k  -L_k, nats"
+    rows = [f"  {k:5d}  {bound:10.2f}" for k, bound in table.items()]
     if left_out:
         header += f"  less {left_out:.2f}, as above"
-        rows = [f"{row}  {v - left_out:10.2f}" for row, v in zip(rows, table.values())]
+        rows = [f"{row}  {bound - left_out:10.2f}" for row, bound in zip(rows, table.values())]
     lines += [header, *rows]
     if len(table) > 1:
         gap = f"-L_1 - (-L_{max(table)}) = {table[1] - table[max(table)]:.2f} nats"
@@ -180,18 +202,21 @@ def bound_report(table, recon="mse", binarized=False):
     return lines
 
 
-def load_mnist(data_dir, train=True, device="cpu"):
-    """One MNIST split from data_dir/MNIST/raw (downloaded if missing): images (N, 784), labels."""
-    raw = os.path.join(data_dir, "MNIST", "raw")
+def load_mnist(data_dir, train=True, device="cpu", dataset="mnist"):
+    """One split of MNIST (or "fashion": Fashion-MNIST) from data_dir/MNIST/raw (FashionMNIST/raw),
+    downloaded if missing: images (N, 784) in [0, 1], and labels."""
+    kind = DATASETS[dataset]
+    raw = os.path.join(data_dir, kind.__name__, "raw")
     files = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
     if os.path.isfile(os.path.join(data_dir, files[2])):
-        raise FileNotFoundError(f"--data-dir {data_dir} holds MNIST's files; give the folder above")
+        raise FileNotFoundError(f"--data-dir {data_dir} holds the raw files; give the folder above")
     try:
-        split = datasets.MNIST(data_dir, train=train, download=True)
+        split = kind(data_dir, train=train, download=True)
     except Exception:  # torchvision fails in many ways on a bad copy: say which files
         if not all(os.path.isfile(os.path.join(raw, name)) for name in files):
             fix = "copy its four files there (README: Troubleshooting)"
-            raise FileNotFoundError(f"no MNIST in {raw}, and no download: {fix}") from None
+            missing = f"no {kind.__name__} in {raw}, and no download"
+            raise FileNotFoundError(f"{missing}: {fix}") from None
         names = " or ".join(files[:2] if train else files[2:])
         raise ValueError(f"{names} in {raw} is damaged: copy it there again, unzipped") from None
     return split.data.to(device).flatten(start_dim=1).float().div_(255), split.targets.to(device)
@@ -215,6 +240,7 @@ def parse_args(argv=(), saved=None):
     p = ArgumentParser(prog="train.py")
     p.add_argument("--epochs", type=count, default=10, help="passes over the data, in all")
     p.add_argument("--resume", action="store_true", help="go on with the run saved at --out")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="fashion: Fashion-MNIST")
     p.add_argument("--batch-size", type=count, default=128, help="images per Adam step")
     p.add_argument("--lr", type=rate, default=1e-3, help="Adam's learning rate")
     p.add_argument("--z-dims", type=count, default=4, help="latent dimensions")
@@ -235,15 +261,18 @@ def parse_args(argv=(), saved=None):
 def main(argv=()):
     """train.main(["--epochs", "3"]) in a notebook: the trained model (after Ctrl-C, as it is)."""
     args = parse_args(argv)
-    resumed = load_resume_state(args.out) if args.resume else None
-    if resumed:  # the flags that shaped the saved run's weights, and its --epochs, as defaults
-        args = parse_args(argv, {**resumed["flags"], "epochs": resumed["epochs"]})
-        for name, value in resumed["flags"].items():
-            flag = "--" + name.replace("_", "-")
-            if getattr(args, name) != value:
-                fix = f"leave {flag} out, or give --out a new name for a new run"
-                raise ValueError(f"--resume: {args.out} was trained with {flag} {value}; {fix}")
-    return train(args, resumed)
+    run = load_run(args.out)
+    if run and args.resume:  # the saved run's flags, and its --epochs, as defaults
+        args = parse_args(argv, {**run["flags"], "epochs": run["epochs"]})
+    if run:  # the same flags go on with it, as if never stopped
+        check_same_run(args, run)
+    elif args.resume:
+        print(f"--resume: no run saved at {args.out}; starting a new one")
+    threads = torch.get_num_threads()
+    try:
+        return train(args, run)
+    finally:
+        torch.set_num_threads(threads)  # a notebook's own setting, as before training
 
 
 # ---------------------------------------------------------------- nothing below is about VAEs
@@ -264,39 +293,7 @@ def device_line(device, threads):
         return f"device: {device}"
     if threads != "auto":
         return f"device: cpu ({counted(threads, 'thread')})"
-    counts = " and ".join(map(str, ThreadChoice().counts))
-    return f"device: cpu (threads: each epoch runs on the fastest of {counts}, timed first)"
-
-
-class ThreadChoice:
-    """An epoch's first steps run on 1, 2 and 4 threads (as far as the CPUs go) in turn, timed;
-    the rest on the fastest. A step's threads wait for the slowest, so while another program holds
-    a core one thread can be many times faster than two. threads=None leaves torch's setting."""
-
-    def __init__(self, threads="auto"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self.counts = [n for n in (1, 2, 4) if n <= cpus] if threads == "auto" else [threads]
-        self.queue = self.counts * 3 if threads else []  # each count timed three times, in turn
-        self.times = {n: [] for n in self.counts}
-
-    @contextlib.contextmanager
-    def timing(self):
-        if self.queue:
-            torch.set_num_threads(self.queue[0])
-        n, start = torch.get_num_threads(), time.perf_counter()
-        yield
-        seconds = time.perf_counter() - start
-        if self.queue:
-            self.queue.pop(0)
-            self.times[n].append(seconds)
-            if seconds > 3 * min(min(t) for t in self.times.values() if t):  # time it no more
-                self.queue = [m for m in self.queue if m != n]
-            if not self.queue:  # each count was timed at least once
-                torch.set_num_threads(
-                    min(self.times, key=lambda m: statistics.median(self.times[m]))
-                )
-        elif n > 1 and self.times.get(1) and seconds > 3 * min(self.times[1]):
-            torch.set_num_threads(1)  # the machine got busier than its first steps showed
+    return "device: cpu (threads: each epoch runs on the fastest of 1, 2 and 4 the CPUs allow)"
 
 
 def counted(n, noun):
@@ -333,10 +330,26 @@ def in_notebook():
 
 
 def progress(iterable):
-    """A bar, erased when done: on stdout in a notebook, on stderr in a terminal, none in a log."""
-    if in_notebook():
-        return tqdm(iterable, unit="batch", leave=False, file=sys.stdout)
-    return tqdm(iterable, unit="batch", leave=False, file=sys.stderr, disable=None)
+    """A bar, erased when done: on stderr in a terminal, none in a log; in a notebook on stdout,
+    drawn ten times in all, so that a saved notebook keeps no pile of redraws."""
+    if not in_notebook():
+        return tqdm(iterable, unit="batch", leave=False, disable=None)
+    tenth = math.ceil(len(iterable) / 10)
+    once = dict(miniters=tenth, mininterval=0, maxinterval=math.inf)  # per tenth, never by time
+    return tqdm(iterable, unit="batch", leave=False, file=sys.stdout, **once)
+
+
+def say_interrupted(args, saved):
+    """Ctrl-C: say what the files hold; a script ends, a notebook gets the model back."""
+    kept = f"nothing was saved to {args.out}"
+    if saved:
+        kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
+    if 0 < saved < args.epochs:
+        kept += "; --resume goes on from there"
+    print(f"\ntrain.py: interrupted; {kept}", file=sys.stderr)
+    if not in_notebook():
+        sys.exit(130)  # as after any Ctrl-C
+    print("returning the model as it is now", file=sys.stderr)
 
 
 def beside(checkpoint, ending):
@@ -344,42 +357,47 @@ def beside(checkpoint, ending):
     return os.path.splitext(checkpoint)[0] + ending
 
 
-def say_what_happens_to(out, saved, resume):
-    """Before the first epoch: the run this goes on with, or the one it is about to replace."""
-    if saved:
-        print(f"resuming {out} after epoch {saved}")
-    elif resume:
-        print(f"--resume: no run saved at {out}; starting a new one")
-    elif os.path.exists(out):
-        epochs = "epochs unknown"
-        with contextlib.suppress(OSError, UnicodeDecodeError), open(beside(out, ".csv")) as f:
-            epochs = counted(len(f.readlines()) - 1, "epoch")
-        keep = "to keep it, stop now and go on with --resume, or give --out a new name"
-        print(f"note: this run replaces {out} ({epochs}) after its first epoch; {keep}")
+def load_run(out):
+    """The run saved at out, as save wrote it, or None where there is none; before an epoch is
+    spent, an --out that cannot be written is refused."""
+    if os.path.isdir(out) or not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise OSError(f"--out {out}: give a file name in a folder that exists")
+    path = beside(out, ".resume.pt")
+    new = "give --out a new name for a new run"
+    if not os.path.exists(path) and os.path.exists(out):  # from elsewhere, or from before --resume
+        raise FileExistsError(f"{out} exists without the {path} that goes on with it; {new}")
+    if not os.path.exists(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise ValueError(f"{path} is damaged; {new}") from None
 
 
-def check_out(path):
-    """Refuse an --out that cannot be written, before an epoch is spent on it."""
-    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise OSError(f"--out {path}: give a file name in a folder that exists")
+def check_same_run(args, run):
+    """A run saved at --out goes on only with the flags that shaped its weights; --resume names
+    the one that differs, and a new run never replaces the saved one."""
+    other = [name for name, value in run["flags"].items() if getattr(args, name) != value]
+    if not other:
+        return
+    flag = f"--{other[0].replace('_', '-')}"
+    trained = f"{args.out} was trained with {flag} {run['flags'][other[0]]}"
+    new = "give --out a new name for a new run"
+    if args.resume:
+        raise ValueError(f"--resume: {trained}; leave {flag} out, or {new}")
+    go_on = f"python train.py --resume --out {args.out} --data-dir {args.data_dir}"
+    raise FileExistsError(f"{trained}; to go on with it: {go_on}; or {new}")
 
 
 def save(model, optimizer, history, args):
-    """The checkpoint (a state_dict on the CPU, to load anywhere), its history, then what --resume
-    needs: each replaced whole. Whatever stops this, the last holds the earliest epoch."""
+    """The checkpoint (a state_dict on the CPU, to load anywhere), its history, and last the run
+    that --resume goes on with, so that it is never ahead of the other two."""
     weights = {k: v.cpu() for k, v in model.state_dict().items()}
-    if len(history) == 1:  # a new run's first save: an earlier run's state no longer matches
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(beside(args.out, ".resume.pt"))
-    write_atomically(args.out, lambda f: torch.save(weights, f))
-    rows = [history[0].keys()] + [row.values() for row in history]
-    text = "".join(",".join(map(str, row)) + "\n" for row in rows)
-    write_atomically(beside(args.out, ".csv"), lambda f: f.write(text.encode()))
     device = next(model.parameters()).device
     random = {"cpu": torch.get_rng_state()}  # the shuffles; z and pixels too on the CPU
     if device.type != "cpu":  # z and pixels drawn on a GPU
         random[device.type] = torch.get_device_module(device).get_rng_state()
-    state = {
+    run = {
         "epochs": args.epochs,
         "flags": {name: getattr(args, name) for name in TRAINING_FLAGS},
         "history": history,
@@ -387,54 +405,39 @@ def save(model, optimizer, history, args):
         "optimizer": optimizer.state_dict(),
         "random": random,
     }
-    write_atomically(beside(args.out, ".resume.pt"), lambda f: torch.save(state, f))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, history[0].keys(), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomically(args.out, lambda f: torch.save(weights, f))
+    write_atomically(beside(args.out, ".csv"), lambda f: f.write(table.getvalue().encode()))
+    write_atomically(beside(args.out, ".resume.pt"), lambda f: torch.save(run, f))
 
 
-def load_resume_state(out):
-    """The run saved at out for --resume, or None where there is none."""
-    path, fix = beside(out, ".resume.pt"), "train anew without --resume"
-    if os.path.exists(path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise ValueError(f"--resume: {path} is damaged; {fix}") from None
-    if os.path.exists(out):  # a checkpoint, but nothing to go on with it exactly
-        raise FileNotFoundError(f"--resume: {out} has no {path} beside it to go on from; {fix}")
-    return None
-
-
-def restore(resumed, model, optimizer, device):
+def restore(run, model, optimizer):
     """Put a saved run's weights, Adam's moments and random state back; returns its history."""
-    model.load_state_dict(resumed["model"])
-    optimizer.load_state_dict(resumed["optimizer"])
-    torch.set_rng_state(resumed["random"]["cpu"])
-    if device.type in resumed["random"] and device.type != "cpu":  # saved on this kind of GPU
-        torch.get_device_module(device).set_rng_state(resumed["random"][device.type])
-    return resumed["history"]
+    model.load_state_dict(run["model"])
+    optimizer.load_state_dict(run["optimizer"])
+    torch.set_rng_state(run["random"]["cpu"])
+    device = next(model.parameters()).device
+    if device.type in run["random"] and device.type != "cpu":  # saved on this kind of GPU
+        torch.get_device_module(device).set_rng_state(run["random"][device.type])
+    return run["history"]
 
 
 def write_atomically(path, write):
     """Replace path with what write(f) writes, never half of it: written beside it, then renamed."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        for wait in (0.1, 0.2, 0.4, 0.8, 1.6):  # Windows refuses while a scanner holds path
-            try:
-                return os.replace(tmp, path)
-            except PermissionError:
-                time.sleep(wait)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open(f"{path}.tmp", "wb") as f:
+        write(f)
+    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log or a pipe as printed
     try:
         main(sys.argv[1:])
+    except KeyboardInterrupt:  # before training began: nothing was written
+        print("\ntrain.py: interrupted before training began; nothing was changed", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, OSError, FloatingPointError) as error:
         sys.exit(f"train.py: error: {error}")
