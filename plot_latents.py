@@ -510,8 +510,8 @@ def view_means(fig, args, count=8):
 
 
 def view_aggregate(fig, args):
-    """Question 2b: the construction, beside the checkpoint's active dimension (Var[mu] > 0.01)
-    whose means are most peaked, where there is a checkpoint."""
+    """Question 2b: the construction, beside the checkpoint's most peaked means among the
+    dimensions in use (Var[mu] > 0.05), where there is a checkpoint."""
     if not os.path.exists(args.checkpoint):
         fig.set_size_inches(6, 4.5)
         plot_aggregate_construction(ax=fig.add_subplot())
@@ -519,7 +519,7 @@ def view_aggregate(fig, args):
     model, images, _, _ = load_run(args)
     means, var_mu, mean_sigma2, _ = posterior_stats(model, images)
     kurtosis = ((means - means.mean(0)) ** 4).mean(0) / var_mu**2  # 3 for a Gaussian
-    dim = int(torch.where(var_mu > 0.01, kurtosis, 0).argmax())
+    dim = int(torch.where(var_mu > 0.05, kurtosis, 0).argmax())
     fig.set_size_inches(12, 4.5)
     left, right = fig.subplots(1, 2)
     plot_aggregate_construction(ax=left)

@@ -7,13 +7,16 @@ machine cannot stretch them. Run them with: python -m pytest -q
 
 import csv
 import gzip
+import inspect
 import io
 import math
 import os
 import re
 import runpy
+import shlex
 import shutil
 import sys
+import weakref
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -25,6 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.distributions import Bernoulli, Normal
 from torchvision import datasets
+from tqdm import tqdm
 
 import plot_latents  # it imports train first, which sets MKL's reproducible mode for the suite
 import train
@@ -114,18 +118,21 @@ def write_idx(path, array):
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    """MNIST/raw as torchvision expects it: 320 train and 64 test images of ten blocky shapes
-    (one per label), shifted a little, their strokes of uneven brightness."""
+    """MNIST/raw and FashionMNIST/raw as torchvision expects them: 320 train and 64 test images of
+    ten blocky shapes (one per label, others for Fashion-MNIST), shifted a little, their strokes of
+    uneven brightness."""
     root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    shapes = np.kron(rng.random((10, 7, 7)) > 0.7, np.ones((4, 4)))
-    for prefix, n in (("train", 320), ("t10k", 64)):
-        labels = rng.integers(0, 10, n)
-        images = np.stack([np.roll(shapes[k], rng.integers(-2, 3, 2), (0, 1)) for k in labels])
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images * rng.uniform(100, 255, images.shape))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    for folder in ("MNIST", "FashionMNIST"):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True)
+        shapes = np.kron(rng.random((10, 7, 7)) > 0.7, np.ones((4, 4)))
+        for prefix, n in (("train", 320), ("t10k", 64)):
+            labels = rng.integers(0, 10, n)
+            images = np.stack([np.roll(shapes[k], rng.integers(-2, 3, 2), (0, 1)) for k in labels])
+            brightness = rng.uniform(100, 255, images.shape)
+            write_idx(raw / f"{prefix}-images-idx3-ubyte", images * brightness)
+            write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return str(root)
 
 
@@ -621,6 +628,7 @@ def test_ctrl_c_in_a_notebook_returns_the_model_and_resume_goes_on(
     # Catches: SystemExit in a notebook (which loses the trained model), "returning the model"
     # not said, a resumed run that cannot be interrupted and resumed again.
     monkeypatch.setattr(train, "in_notebook", lambda: True)
+    monkeypatch.setattr(train, "progress", iter)  # no kernel here to show a bar
     args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), *FAST, "--epochs", "3"]
     with monkeypatch.context() as patch:
         on_call(patch, torch, "randperm", 2, interrupt)  # as epoch 2 begins
@@ -779,6 +787,44 @@ def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
     assert "vae.resume.pt is damaged; give --out a new name" in line
 
 
+def test_fashion_mnist_trains_resumes_and_is_drawn_against_its_own_images(
+    tmp_path, mnist_dir, monkeypatch, capsys, drawn
+):
+    # Catches: --dataset ignored (MNIST read instead), a run that does not record its data set, a
+    # resume on other data, a checkpoint drawn against MNIST, digits where classes have names.
+    run_train(tmp_path, mnist_dir, "--dataset", "fashion", "--epochs", "1", "--iwae", "0")
+    assert {row["dataset"] for row in history(tmp_path / "vae.csv")} == {"fashion"}
+    run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
+    assert "resuming" in capsys.readouterr().out and len(history(tmp_path / "vae.csv")) == 2
+    checkpoint = str(tmp_path / "vae.pt")
+    images, labels = train.load_mnist(mnist_dir, False, dataset="fashion")
+    assert not torch.equal(images, train.load_mnist(mnist_dir, False)[0])
+    plot_cli(tmp_path, checkpoint, "--samples", "--data-dir", mnist_dir)
+    shown = tiles(picture(drawn[0].axes[1]))[:10].reshape(10, 784)
+    np.testing.assert_array_equal(shown, images[:10].numpy())
+    plot_cli(tmp_path, checkpoint, "--scatter", "--data-dir", mnist_dir)
+    names = [t.get_text() for t in drawn[1].axes[-1].get_yticklabels()]
+    assert names == datasets.FashionMNIST.classes and drawn[1].axes[-1].get_ylabel() == "class"
+    plot_cli(tmp_path, checkpoint, "--posterior", "--data-dir", mnist_dir)
+    classes = ", ".join(datasets.FashionMNIST.classes[k] for k in labels[:8])
+    assert f"test images 0 to 7, classes {classes}" in capsys.readouterr().out
+    flags = ["--checkpoint", checkpoint, "--samples", "--dataset", "mnist", "--data-dir", mnist_dir]
+    line = one_line_error(monkeypatch, capsys, "plot_latents.py", *flags)
+    assert "--dataset mnist: " in line and "was trained on fashion; leave --dataset out" in line
+
+
+def test_curves_of_two_data_sets_are_refused_on_the_command_line(tmp_path, monkeypatch, capsys):
+    write_histories(tmp_path)
+    rows = [{**row, "dataset": "fashion"} for row in HISTORY]
+    with open(tmp_path / "fashion.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+    flags = ["--curves", str(tmp_path / "vae.csv"), str(tmp_path / "fashion.csv")]
+    line = one_line_error(monkeypatch, capsys, "plot_latents.py", *flags, "--out", "c.png")
+    assert "fashion.csv is in FashionMNIST: nats per image" in line
+
+
 # ---------------------------------------------------------------- train.py: threads
 
 
@@ -917,13 +963,11 @@ def test_iwae_prints_the_table_of_bounds(tmp_path, mnist_dir, capsys, recon):
 
 Log = type("Log", (io.StringIO,), {})  # a file or a pipe: no terminal
 Terminal = type("Terminal", (io.StringIO,), {"isatty": lambda self: True})
-KernelStream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
 
 
 @pytest.mark.parametrize(
     "streams, bar",
     [
-        ((KernelStream, KernelStream), "stdout"),  # Jupyter: beside the lines
         ((Log, Terminal), "stderr"),  # a terminal
         ((Terminal, Terminal), "stderr"),
         ((Terminal, Log), None),  # a log file or CI
@@ -934,6 +978,7 @@ def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatc
     # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel), one whose
     # frames fill a log file or CI's output, one switched off for good (a long epoch looks frozen),
     # and one left on screen after each epoch or bound table instead of erased for the next line.
+    monkeypatch.setattr(tqdm, "_instances", weakref.WeakSet())  # none left by a killed run
     stdout, stderr = streams[0](), streams[1]()
     monkeypatch.setattr(sys, "stdout", stdout)
     monkeypatch.setattr(sys, "stderr", stderr)
@@ -958,6 +1003,7 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
     assert train.parse_args("--epochs 3 --z-dims 2") == three != train.parse_args()
     assert plot_latents.parse_args("--samples --n 3").n == 3
     monkeypatch.setattr(train, "in_notebook", lambda: True)
+    monkeypatch.setattr(train, "progress", iter)  # no kernel here to show a bar
     with pytest.raises(ValueError, match="train.py: unrecognized arguments: --zdims 2"):
         train.main(["--zdims", "2"])
     with pytest.raises(ValueError, match="plot_latents.py: argument --n: must be a positive"):
@@ -1116,6 +1162,39 @@ def test_marginals_are_the_means_and_the_codes_of_dimension_dim():
         plot_latents.plot_marginals(model, images, dim=3)
 
 
+def test_decoded_means_show_only_the_images_means_decoded():
+    # Catches: prior codes or sampled z in place of the means (new pictures would appear), draws
+    # that ignore the seed.
+    torch.manual_seed(0)
+    model, images = VAE(z_dims=3, num_hidden=16), torch.rand(3, 784)
+    ax = plot_latents.plot_decoded_means(model, images, n=4, seed=1)
+    decoded = model.decoder(model.encode(images)[0]).detach().reshape(3, 28, 28).numpy()
+    shown = tiles(picture(ax))
+    assert len(shown) == 16
+    assert all(min(np.abs(tile - d).max() for d in decoded) < 1e-6 for tile in shown)
+    assert len({tile.tobytes() for tile in shown}) == 3
+    other = plot_latents.plot_decoded_means(model, images, n=4, seed=2)
+    assert not np.array_equal(picture(other), picture(ax))
+
+
+def test_the_construction_has_gaussian_codes_and_means_half_at_zero():
+    # Catches: codes that are not N(0, 1), means without the spike, histograms swapped.
+    ax = plot_latents.plot_aggregate_construction(s=0.5)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    codes, means = (float(text.rsplit(" ", 1)[1]) for text in legend[:2])
+    assert legend[0].startswith("codes") and codes == pytest.approx(1.0, abs=0.02)
+    assert means == pytest.approx(0.5 * 0.75, abs=0.02)  # half at 0, half of variance 0.75
+    spike = max(bar.get_height() for bar in ax.containers[1])
+    assert spike > 2  # half the means in one bin, far above any Gaussian of that variance
+
+
+def test_defaults_agree_between_functions_and_the_command_line():
+    # Catches: a function that draws 8 where its view draws --n's 10.
+    n = plot_latents.parse_args([]).n
+    for plot in (plot_latents.plot_posterior_draws, plot_latents.plot_decoded_means):
+        assert inspect.signature(plot).parameters["n"].default == n
+
+
 HISTORY = [  # as train.py writes it: 3 epochs at --beta 0.5
     dict(zip(HISTORY_COLUMNS, (1, 50.0, 45.0, 10.0, 47.0, 40.0, 7.0, 1.5, 448.7341, 0))),
     dict(zip(HISTORY_COLUMNS, (2, 40.0, 36.0, 8.0, 38.5, 33.0, 5.5, 1.4, 448.7341, 0))),
@@ -1237,7 +1316,7 @@ def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
     "other", [{"nats_left_out": 0, "binarized": 1}, {"dataset": "fashion"}], ids=["units", "data"]
 )
 def test_curves_in_other_units_or_of_other_data_are_not_overlaid(other):
-    # Catches: mse and bce runs, or MNIST and Fashion-MNIST ones, drawn as if their figures compared.
+    # Catches: mse and bce runs, or MNIST and Fashion-MNIST ones, drawn as if they compared.
     ax = plot_latents.plot_curves(HISTORY)
     with pytest.raises(ValueError, match="is in .*, the curves drawn in nats per image, less 448"):
         plot_latents.plot_curves([{**row, **other} for row in HISTORY], ax=ax, label="other")
@@ -1483,6 +1562,42 @@ def test_cli_posterior_and_marginals(tmp_path, small_checkpoint, mnist_dir, draw
     assert "the 16 of 20 whose means spread most" in capsys.readouterr().out
 
 
+def test_cli_means_draws_decoded_means_beside_prior_samples(
+    tmp_path, small_checkpoint, mnist_dir, drawn, capsys
+):
+    # Catches: --means not written, or drawing other images than the 8 it names.
+    flags = ["--means", "--n", "3", "--seed", "2", "--data-dir", mnist_dir]
+    assert plot_cli(tmp_path, small_checkpoint, *flags) == ["means.png"]
+    model = plot_latents.load_model(small_checkpoint)
+    images = train.load_mnist(mnist_dir, False)[0]
+    left, right = drawn[0].axes
+    expected = plot_latents.plot_decoded_means(model, images[:8], 3, 2)
+    assert np.array_equal(picture(left), picture(expected))
+    assert np.array_equal(picture(right), picture(plot_latents.plot_samples(model, 3, 2)))
+    assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
+
+
+def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside(
+    tmp_path, mnist_dir, drawn, capsys
+):
+    # Catches: --aggregate that needs a checkpoint, or draws a collapsed or unused dimension.
+    assert plot_cli(tmp_path, str(tmp_path / "none.pt"), "--aggregate") == ["aggregate.png"]
+    assert len(drawn[0].axes) == 1 and "the construction alone" in capsys.readouterr().out
+    torch.manual_seed(0)
+    model = VAE(z_dims=3, num_hidden=32)
+    with torch.no_grad():
+        model.mu.weight[0] *= 10  # in use
+        model.mu.weight[1] *= 0.001  # collapsed
+    checkpoint = save_run(model, tmp_path / "vae.pt")
+    plot_cli(tmp_path, checkpoint, "--aggregate", "--data-dir", mnist_dir)
+    images = train.load_mnist(mnist_dir, False)[0]
+    means, var_mu = plot_latents.posterior_stats(model, images)[:2]
+    kurtosis = ((means - means.mean(0)) ** 4).mean(0) / var_mu**2
+    dim = int(torch.where(var_mu > 0.05, kurtosis, 0).argmax())
+    assert var_mu[1] < 0.05 and drawn[1].axes[1].get_xlabel() == f"latent dimension {dim}"
+    assert f"right: dimension {dim}, Var[mu] {var_mu[dim]:.3f}" in capsys.readouterr().out
+
+
 def test_cli_curves_overlay_the_histories_without_mnist_or_checkpoint(tmp_path, drawn, capsys):
     # Catches: --curves that needs the checkpoint or MNIST, a default history other than the one
     # beside --checkpoint, several histories not overlaid or not labelled.
@@ -1622,6 +1737,26 @@ def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_
             assert target.startswith("http") or os.path.exists(where), target
 
 
+def test_each_readme_picture_is_written_by_a_readme_command(notebook_folder, capsys):
+    # Catches: a picture the README shows that none of its commands makes (a block only docs/
+    # has), a command that fails in a folder holding only the three scripts and data/, and the
+    # quick start failing when run twice.
+    text = dict(documents())["README.md"]
+    commands = re.findall(r"(?:^|`)(python (?:train|plot_latents)\.py[^`\n#]*)", text, re.M)
+    for command in dict.fromkeys(command.strip() for command in commands):
+        script, *flags = shlex.split(command)[1:]
+        (train if script == "train.py" else plot_latents).main(flags)
+    assert "nothing left to do" in capsys.readouterr().out  # python train.py, after --epochs 10
+    shown = re.findall(r"assets/([\w.]+\.png)", text)
+    assert shown and all((notebook_folder / name).exists() for name in shown), shown
+
+
+SLOW_EPOCHS = """import time, vae
+real_kl = vae.kl_divergence
+vae.kl_divergence = lambda mu, logvar: time.sleep(0.01) or real_kl(mu, logvar)
+slow = train.main('--epochs 3 --batch-size 2 --out slow.pt --iwae 0 --device cpu --threads 1')
+vae.kl_divergence = real_kl"""  # 160 steps of 10 ms or more: epochs of about 2 s
+
 KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a text it must show
     (
         "import matplotlib.pyplot as plt\nimport train, plot_latents\n"
@@ -1656,27 +1791,52 @@ KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a 
     ),
     ("kept = train.main('--epochs 3 --device cpu --out stopped.pt --resume')", 0, "epoch 3/3"),
     ("import matplotlib\nprint(matplotlib.get_backend())", 0, "inline"),
+    (SLOW_EPOCHS, 0, "epoch 3/3"),
 ]
 
 
-def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(notebook_folder):
-    # Catches, where nbclient and ipykernel are installed (they are not requirements): a figure
-    # shown twice or not at all, a main() that switches the session's backend, a progress bar a
-    # notebook hides, a bad flag that ends in SystemExit, and Ctrl-C losing the trained model or
-    # the way on.
+@pytest.fixture(scope="module")
+def kernel_cells(tmp_path_factory, mnist_dir):
+    """KERNEL_CELLS run in a real Jupyter kernel, where nbclient and ipykernel are installed (they
+    are not requirements), in a folder with data/: each cell, with its outputs."""
     nbformat, nbclient = pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    folder = tmp_path_factory.mktemp("notebook")
+    shutil.copytree(mnist_dir, folder / "data")
     sources = [f"import sys\nsys.path.insert(0, {HERE!r})"] + [cell[0] for cell in KERNEL_CELLS]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
-    where = {"metadata": {"path": str(notebook_folder)}}
+    where = {"metadata": {"path": str(folder)}}
     options = dict(timeout=120, kernel_name="python3", allow_errors=True, resources=where)
     nbclient.NotebookClient(notebook, **options).execute()
-    cells = notebook.cells[1:]
-    pictures = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in cells]
+    return notebook.cells[1:]
+
+
+def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(kernel_cells):
+    # Catches: a figure shown twice or not at all, a main() that switches the session's backend.
+    pictures = [
+        sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in kernel_cells
+    ]
     assert pictures == [count for _, count, _ in KERNEL_CELLS]
-    for cell, (_, _, text) in zip(cells, KERNEL_CELLS):
+
+
+def test_in_a_real_jupyter_kernel_each_cell_says_what_it_did(kernel_cells):
+    # Catches: a progress bar a notebook hides, a bad flag that ends in SystemExit, and Ctrl-C
+    # losing the trained model or the way on.
+    for cell, (_, _, text) in zip(kernel_cells, KERNEL_CELLS):
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         said = "".join(o.get("text", "") for o in cell.outputs) + "".join(errors)
         assert text is None or text in said, said
-    assert any(o.get("name") == "stdout" and "batch" in o.text for o in cells[0].outputs)  # the bar
-    assert "VAE\n" in "".join(o.get("text", "") for o in cells[-3].outputs)  # the model so far
+    first = kernel_cells[0].outputs  # the bar's display, erased when done
+    assert any(o.output_type == "display_data" and "batch" not in str(o) for o in first)
+    assert "VAE\n" in "".join(o.get("text", "") for o in kernel_cells[-4].outputs)  # the model
+
+
+def test_a_saved_notebook_keeps_about_a_kilobyte_of_output_per_epoch(kernel_cells):
+    # Catches: a progress bar whose redraws pile up in the saved notebook, more the longer the
+    # epoch (a bar redrawn ten times a second).
+    nbformat = pytest.importorskip("nbformat")
+    saved = nbformat.writes(nbformat.v4.new_notebook(cells=[kernel_cells[-1]]))
+    empty = nbformat.writes(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SLOW_EPOCHS)])
+    )
+    assert len(saved) - len(empty) <= 3 * 1000

@@ -330,13 +330,28 @@ def in_notebook():
 
 
 def progress(iterable):
-    """A bar, erased when done: on stderr in a terminal, none in a log; in a notebook on stdout,
-    drawn ten times in all, so that a saved notebook keeps no pile of redraws."""
-    if not in_notebook():
-        return tqdm(iterable, unit="batch", leave=False, disable=None)
-    tenth = math.ceil(len(iterable) / 10)
-    once = dict(miniters=tenth, mininterval=0, maxinterval=math.inf)  # per tenth, never by time
-    return tqdm(iterable, unit="batch", leave=False, file=sys.stdout, **once)
+    """A bar, erased when done: on stderr in a terminal, none in a log, and in a notebook one
+    output that each redraw replaces, so that a saved notebook keeps no pile of redraws."""
+    if in_notebook():
+        return tqdm(iterable, unit="batch", leave=False, file=NotebookBar())
+    return tqdm(iterable, unit="batch", leave=False, disable=None)
+
+
+class NotebookBar:
+    """Where tqdm draws in a notebook: one display, updated in place."""
+
+    encoding = "utf-8"
+
+    def __init__(self):
+        from IPython.display import display  # in every Jupyter kernel
+
+        self.shown = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def write(self, text):
+        self.shown.update({"text/plain": text.strip("\r")}, raw=True)
+
+    def flush(self):
+        pass
 
 
 def say_interrupted(args, saved):
