@@ -128,9 +128,9 @@ def iwae_bound(model, x, k=1, recon="mse", generator=None):
     """Burda et al.'s (2015, eq. 8) k-sample bound L_k on log p(x) per image, in nats,
     shape (B,): L_k = log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x).
 
-    Averaged over draws, L_1 is the ELBO, and the average of L_k rises with k and tends to
-    log p(x) (Burda et al., Theorem 1). Codes are decoded about 1024 at a time, so memory does
-    not grow with k.
+    Averaged over draws, L_1 is the ELBO; the average of L_k never falls as k grows, and tends to
+    log p(x) when the weights are bounded (Burda et al., Theorem 1). Codes are decoded about 1024
+    at a time, so memory does not grow with k.
     """
     check_kind(recon)
     if k < 1:
