@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import sys
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,11 +31,8 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None, spacing="linear"):
     """The specification's traversal: n x n decoded digits, z_i rising along the columns and z_j up
     the rows, the other dimensions at 0; the ticks read in z units."""
     z_dims = code_size(model)
-    for name, dim in (("i", i), ("j", j)):
-        if not 0 <= dim < z_dims:
-            raise ValueError(
-                f"{name} = {dim} is not a latent dimension here: use 0 to {z_dims - 1}"
-            )
+    check_dim("i", i, z_dims)
+    check_dim("j", j, z_dims)
     if i == j:
         raise ValueError(f"i and j are both {i}: pick two different latent dimensions")
     values = grid_values(n, limit, spacing)
@@ -56,8 +54,13 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None, spacing="linear"):
         where = "at the prior's quantiles"
     ax.set_xlabel(f"Latent dimension {i}")
     ax.set_ylabel(f"Latent dimension {j}")
-    ax.set_title(f"Latent space traversal for dimensions {i} and {j}\n{where}, the others at 0")
+    set_title(ax, f"Latent space traversal for dimensions {i} and {j} {where}, the others at 0")
     return ax
+
+
+def check_dim(name, dim, z_dims):
+    if not 0 <= dim < z_dims:
+        raise ValueError(f"{name} = {dim} is not a latent dimension here: use 0 to {z_dims - 1}")
 
 
 def grid_values(n, limit=2.0, spacing="linear"):
@@ -81,7 +84,7 @@ def plot_samples(model, n=10, seed=0, ax=None):
     ax = axes_or_new(ax, (8, 8))
     show_tiles(ax, decode(model, z), n)
     ax.set_axis_off()
-    ax.set_title(f"Decoded means E[x|z] of {n * n} codes\nz drawn from the prior N(0, I)")
+    set_title(ax, f"Decoded means E[x|z] of {n * n} codes z drawn from the prior N(0, I)")
     return ax
 
 
@@ -95,9 +98,7 @@ def plot_decoded_means(model, images, n=10, seed=0, ax=None):
     ax = axes_or_new(ax, (8, 8))
     show_tiles(ax, decode(model, means[picks.to(means.device)]), n)
     ax.set_axis_off()
-    ax.set_title(
-        f"decode(mu(x)) of {n * n} draws from the means\nof {len(x)} images: no new picture"
-    )
+    set_title(ax, f"decode(mu(x)) of {n * n} draws from {len(x)} images' means: none new")
     return ax
 
 
@@ -111,7 +112,7 @@ def plot_reconstructions(model, images, n=10, ax=None):
     ax = axes_or_new(ax, (n, 2.4))
     show_tiles(ax, torch.cat([x[:n], decode(model, encode(model, x[:n])[0])]), n)
     label_tiles(ax, 2, {0: "image", 1: "decode(mu)"}, rows=True)
-    ax.set_title("Test images and their reconstructions")
+    set_title(ax, "Test images and their reconstructions")
     return ax
 
 
@@ -130,7 +131,7 @@ def plot_interpolation(model, start, end, n=10, ax=None):
     ax = axes_or_new(ax, (n + 2, 1.2 * len(start) + 0.6))
     show_tiles(ax, rows.flatten(end_dim=1), n + 2)
     label_tiles(ax, n + 2, {0: "start", 1: "mu(start)", n: "mu(end)", n + 1: "end"})
-    ax.set_title(f"Decoded means on the straight line\nfrom mu(start) to mu(end), {n} points")
+    set_title(ax, f"Decoded means on straight lines from mu(start) to mu(end), {n} points")
     return ax
 
 
@@ -146,7 +147,7 @@ def plot_posterior_draws(model, images, n=10, seed=0, ax=None):
     ax = axes_or_new(ax, (n + 2, 1.2 * len(x) + 0.6))
     show_tiles(ax, rows.flatten(end_dim=1), n + 2)
     label_tiles(ax, n + 2, {0: "image", 1: "decode(mu)", 1.5 + n / 2: f"{n} draws z ~ q(z|x)"})
-    ax.set_title(f"Each image, its mean code decoded,\nand {n} codes drawn from q(z|x) decoded")
+    set_title(ax, f"Each image, decode(mu), and {n} codes drawn from q(z|x) decoded")
     return ax
 
 
@@ -156,13 +157,12 @@ def plot_marginals(model, images, dim=0, ax=None):
     a code z_dim ~ q(z|x) per image (the aggregate posterior q(z); a CPU generator seeded with 0)
     beside N(0, 1), with their variances."""
     mu, logvar = (t.cpu() for t in encode(model, as_images(images, model)))
-    if not 0 <= dim < mu.shape[1]:
-        raise ValueError(f"dim = {dim} is not a latent dimension here: use 0 to {mu.shape[1] - 1}")
+    check_dim("dim", dim, mu.shape[1])
     codes = reparameterize(mu, logvar, torch.Generator().manual_seed(0))
     ax = axes_or_new(ax, (6, 4))
     draw_densities(ax, mu[:, dim].numpy(), codes[:, dim].numpy())
     ax.set_xlabel(f"latent dimension {dim}")
-    ax.set_title(f"Dimension {dim} over {len(mu)} images")
+    set_title(ax, f"Dimension {dim} over {len(mu)} images")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.5)  # room for the legend
     return ax
 
@@ -178,23 +178,29 @@ def plot_aggregate_construction(s=0.5, n=100_000, seed=0, ax=None):
     ax = axes_or_new(ax, (6, 4))
     draw_densities(ax, means.numpy(), codes.numpy())
     ax.set_xlabel("z")
-    ax.set_title(
-        f"Half the means at 0 (sigma 1), half N(0, {1 - s**2:g})\n(sigma {s:g}): q(z) = N(0, 1)"
+    set_title(
+        ax, f"Means half at 0 (sigma 1), half N(0, {1 - s**2:g}) (sigma {s:g}): q(z) = N(0, 1)"
     )
     ax.set_ylim(0, 1)  # the spike at 0, half the means, reaches far above
     return ax
 
 
 def draw_densities(ax, means, codes):
-    """Histograms of the means and of the codes beside N(0, 1), with their variances."""
+    """Histograms of the means and of the codes, with their variances, against N(0, 1) and against
+    the Gaussian of the means' own mean and variance (question 2b: are the means Gaussian?)."""
     t = np.linspace(min(means.min(), codes.min(), -4), max(means.max(), codes.max(), 4), 81)
-    ax.hist(
-        codes, t, density=True, alpha=0.4, label=f"codes z ~ q(z|x), variance {codes.var():.3f}"
-    )
-    ax.hist(means, t, density=True, alpha=0.4, label=f"means mu(x), variance {means.var():.3f}")
-    ax.plot(t, np.exp(-(t**2) / 2) / math.sqrt(2 * math.pi), "k--", label="N(0, 1), variance 1")
+    for values, name in ((codes, "codes z"), (means, "means mu(x)")):
+        ax.hist(values, t, density=True, alpha=0.4, label=f"{name}, variance {values.var():.3f}")
+    ax.plot(t, normal_density(t, 0, 1), "k--", label="N(0, 1)")
+    if means.var() > 1e-6:  # not a point
+        fitted = normal_density(t, means.mean(), means.var())
+        ax.plot(t, fitted, "r:", label="the means' Gaussian fit")
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
+
+
+def normal_density(t, mean, variance):
+    return np.exp(-((t - mean) ** 2) / (2 * variance)) / np.sqrt(2 * np.pi * variance)
 
 
 @torch.no_grad()
@@ -220,13 +226,15 @@ def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None, classes=None)
         square = Rectangle(corner, side, side, fill=False, linestyle="--", edgecolor="black")
         ax.add_patch(square).set_label("grid of the traversal")
         ax.legend(loc="upper right")
-    bar = ax.figure.colorbar(points, ax=ax, ticks=range(10), label="class" if classes else "digit")
+    bar = ax.figure.colorbar(points, ax=ax, ticks=range(10))
+    bar.ax.set_title("class" if classes else "digit", fontsize="small")
+    bar.ax.tick_params(labelsize="small")
     if classes:
         bar.set_ticklabels(classes)
     ax.set_aspect("equal")
     ax.set_xlabel(f"mu {i}")
     ax.set_ylabel(f"mu {j}")
-    ax.set_title("Posterior means of the test images")
+    set_title(ax, "Posterior means of the test images")
     return ax
 
 
@@ -259,7 +267,7 @@ def plot_curves(history, ax=None, terms=False, label=None):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(units)
-    ax.set_title("The test -ELBO's two terms" if terms else "-ELBO per image, test and training")
+    set_title(ax, "The test -ELBO's two terms" if terms else "-ELBO per image, test and training")
     ax.legend()
     return ax
 
@@ -289,9 +297,7 @@ def read_history(history, name=None):
         history = [dict(zip(history, values)) for values in zip(*history.values())]
     rows = list(history)
     if not rows:
-        raise ValueError(
-            f"{name} holds no epochs: it is empty, or its run stopped before one ended"
-        )
+        raise ValueError(f"{name} holds no epochs: it is empty, or its run stopped before one did")
     present = [column for column in COLUMNS + UNIT_COLUMNS if column in rows[0]]
     if "epoch" not in present or len(present) < 2:
         raise ValueError(f"{name} is not a history: it needs a column epoch and some of {COLUMNS}")
@@ -309,9 +315,7 @@ def read_csv(path, name):
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: as spreadsheets save it
             return list(csv.DictReader(f))
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no history at {name}; train.py writes one by its checkpoint"
-        ) from None
+        raise FileNotFoundError(f"no history at {name}; train.py writes one") from None
     except UnicodeDecodeError:
         raise ValueError(f"{name} is not a history: it is not text") from None
 
@@ -394,6 +398,12 @@ def axes_or_new(ax, size):
     return ax if ax is not None else plt.figure(figsize=size).add_subplot()
 
 
+def set_title(ax, title):
+    """The title, wrapped to the Axes' width, so that titles side by side stay apart."""
+    points = ax.get_position().width * ax.figure.get_figwidth() * 72
+    ax.set_title(textwrap.fill(title.replace("\n", " "), max(20, int(points / 7))))
+
+
 def show_tiles(ax, images, cols, **kwargs):
     """Flat square images, cols to a row, as one picture: 0 black, 1 white, pixels sharp."""
     side = math.isqrt(images.shape[1])
@@ -403,14 +413,14 @@ def show_tiles(ax, images, cols, **kwargs):
 
 def label_tiles(ax, count, names, rows=False):
     """Name tiles {index: name} along the picture's count columns (or rows), with no other ticks;
-    the columns' names slanted, so that narrow tiles keep them apart."""
+    the columns' names upright, so that narrow tiles keep them apart."""
     side = ax.images[0].get_array().shape[0 if rows else 1] / count
     ticks = [(k + 0.5) * side - 0.5 for k in names]
     if rows:
         ax.set_yticks(ticks, list(names.values()))
         ax.set_xticks([])
     else:
-        ax.set_xticks(ticks, list(names.values()), rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_xticks(ticks, list(names.values()), rotation=90)
         ax.set_yticks([])
     ax.tick_params(length=0)
 
@@ -445,21 +455,15 @@ def class_names(run):
 
 
 def view_latents(fig, args):
+    """the specification's grid of decoded digits over two latent dimensions"""
     fig.set_size_inches(8, 8)
-    plot_latents(
-        load_model(args.checkpoint),
-        args.i,
-        args.j,
-        args.n,
-        args.limit,
-        fig.add_subplot(),
-        args.spacing,
-    )
+    model = load_model(args.checkpoint)
+    plot_latents(model, args.i, args.j, args.n, args.limit, fig.add_subplot(), args.spacing)
     return []
 
 
 def view_scatter(fig, args):
-    """The grid beside the test images' posterior means, and the table of q(z)."""
+    """the test images' posterior means beside the grid, and the table of q(z)"""
     model, images, labels, run = load_run(args)
     mu, var_mu, mean_sigma2, kl = posterior_stats(model, images)
     fig.set_size_inches(14, 7)
@@ -482,11 +486,12 @@ def view_scatter(fig, args):
 
 @torch.no_grad()
 def view_samples(fig, args):
-    """Decoded prior samples above test images and their reconstructions, and the error of those."""
+    """decoded codes from the prior N(0, I), test images and reconstructions below"""
     model, images, _, run = load_run(args)
     fig.set_size_inches(8, 9.3)
     top, bottom = fig.subplots(2, 1, height_ratios=[5, 1])
     plot_samples(model, args.n, args.seed, top)
+    set_title(top, f"{top.get_title()}, decoded by {args.checkpoint}")
     plot_reconstructions(model, images, 10, bottom)
     decoded = model.decoder(encode(model, images)[0])
     recon = {448.7341: "mse", 0: "bce"}.get(run.get("nats_left_out", [None])[0])
@@ -500,7 +505,7 @@ def view_samples(fig, args):
 
 
 def view_means(fig, args, count=8):
-    """Question 2a: decoding the means of a few test images makes only those, the prior new ones."""
+    """decoded means of 8 test images beside decoded prior codes (question 2a)"""
     model, images, labels, run = load_run(args)
     fig.set_size_inches(14, 7.6)
     left, right = fig.subplots(1, 2)
@@ -510,8 +515,7 @@ def view_means(fig, args, count=8):
 
 
 def view_aggregate(fig, args):
-    """Question 2b: the construction, beside the checkpoint's most peaked means among the
-    dimensions in use (Var[mu] > 0.05), where there is a checkpoint."""
+    """q(z) = N(0, 1) with means that are not Gaussian, beside the model's (2b)"""
     if not os.path.exists(args.checkpoint):
         fig.set_size_inches(6, 4.5)
         plot_aggregate_construction(ax=fig.add_subplot())
@@ -524,11 +528,8 @@ def view_aggregate(fig, args):
     left, right = fig.subplots(1, 2)
     plot_aggregate_construction(ax=left)
     plot_marginals(model, images, dim, right)
-    t = np.linspace(*right.get_xlim(), 200)
+    set_title(right, f"{args.checkpoint}'s dimension {dim}: a trained model, an illustration")
     spread = var_mu[dim].item()
-    gaussian = np.exp(-(t**2) / (2 * spread)) / math.sqrt(2 * math.pi * spread)
-    right.plot(t, gaussian, "r:", label="a Gaussian of the means' variance")
-    right.legend(fontsize="small")
     width = mean_sigma2[dim].item()
     figures = f"Var[mu] {spread:.3f}, E[sigma^2] {width:.3f}, so Var[z] {spread + width:.3f}"
     peaked = f"kurtosis of the means {kurtosis[dim]:.2f} (3 for a Gaussian)"
@@ -536,7 +537,7 @@ def view_aggregate(fig, args):
 
 
 def view_interpolation(fig, args, pairs=6):
-    """Straight lines between the codes of test images of different classes, drawn with --seed."""
+    """straight lines between the codes of test images of different classes"""
     model, images, labels, run = load_run(args)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     half = len(order) // 2
@@ -554,6 +555,7 @@ def view_interpolation(fig, args, pairs=6):
 
 
 def view_posterior(fig, args, count=8):
+    """test images, decode(mu) and decoded draws z ~ q(z|x)"""
     model, images, labels, run = load_run(args)
     fig.set_size_inches(args.n + 2, 1.2 * count + 0.6)
     plot_posterior_draws(model, images[:count], args.n, args.seed, fig.add_subplot())
@@ -569,8 +571,7 @@ def named(labels, run):
 
 
 def view_marginals(fig, args, most=16):
-    """A panel per latent dimension; of more, the 16 whose means spread most (Burda et al.'s active
-    units)."""
+    """each latent dimension's means and codes against N(0, 1), 16 at most"""
     model, images, _, _ = load_run(args)
     var_mu = posterior_stats(model, images)[1]
     dims = sorted(sorted(range(len(var_mu)), key=lambda k: -var_mu[k])[:most])
@@ -586,7 +587,7 @@ def view_marginals(fig, args, most=16):
 
 
 def view_curves(fig, args):
-    """Learning curves of one run or several, overlaid: the -ELBO, and beside it its terms."""
+    """learning curves from train.py's CSVs (by default the one beside --checkpoint)"""
     paths = args.curves or [beside(args.checkpoint, ".csv")]
     fig.set_size_inches(13, 5)
     left, right = fig.subplots(1, 2)
@@ -608,15 +609,6 @@ VIEWS = {  # each view: what draws it, and the PNG it writes unless --out says o
     "marginals": (view_marginals, "marginals.png"),
     "curves": (view_curves, "curves.png"),
 }
-VIEW_FLAGS = {
-    "scatter": "the test images' posterior means beside the grid, and the table of q(z)",
-    "samples": "decoded codes from the prior N(0, I), test images and reconstructions below",
-    "means": "decoded means of 8 test images beside decoded prior codes (question 2a)",
-    "aggregate": "q(z) = N(0, 1) with means that are not Gaussian, beside the model's (2b)",
-    "interpolate": "straight lines between the codes of test images of different classes",
-    "posterior": "test images, decode(mu) and decoded draws z ~ q(z|x)",
-    "marginals": "each latent dimension's means and codes against N(0, 1)",
-}
 
 
 def parse_args(argv=()):
@@ -634,10 +626,11 @@ def parse_args(argv=()):
     p.add_argument("--out", help="the PNG to write; {i} and {j} stand for the dimensions")
     p.add_argument("--show", action="store_true", help="also open a window")
     view = p.add_mutually_exclusive_group()
-    for flag, what in VIEW_FLAGS.items():
-        view.add_argument(f"--{flag}", dest="view", action="store_const", const=flag, help=what)
-    curves = "learning curves from train.py's CSVs (by default the one beside --checkpoint)"
-    view.add_argument("--curves", nargs="*", metavar="HISTORY", help=curves)
+    for flag, (draw, _) in list(VIEWS.items())[1:-1]:  # the grid is the default; curves take files
+        view.add_argument(
+            f"--{flag}", dest="view", action="store_const", const=flag, help=draw.__doc__
+        )
+    view.add_argument("--curves", nargs="*", metavar="HISTORY", help=view_curves.__doc__)
     p.add_argument("--seed", type=seed, default=0, help="seeds the samples, draws and pairs")
     p.add_argument("--dataset", choices=DATASETS, help="the run's own (from its CSV), else mnist")
     p.add_argument("--data-dir", default="data", help="the folder that holds MNIST/raw")

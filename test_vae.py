@@ -219,6 +219,11 @@ def picture(ax):
     return np.asarray(ax.images[0].get_array())
 
 
+def title(ax):
+    """The title as one line, however it was wrapped to fit."""
+    return " ".join(ax.get_title().split())
+
+
 def tiles(grid, side=28):
     """A picture cut back into its tiles, row-major: (rows * cols, side, side)."""
     rows, cols = grid.shape[0] // side, grid.shape[1] // side
@@ -237,7 +242,7 @@ def save_run(model, path, rows=()):
 # ---------------------------------------------------------------- the design card's three checks
 
 
-@pytest.mark.parametrize("layout", [(5, 1, 28, 28), (5, 784)])
+@pytest.mark.parametrize("layout", [(5, 1, 28, 28), (5, 784)], ids=["images", "flat"])
 def test_forward_shapes_for_both_input_layouts(layout):
     # Catches: a forward that does not flatten images, or returns the wrong things.
     for model, z_dims in ((VAE(), 4), (VAE(z_dims=3, num_hidden=16), 3)):
@@ -269,7 +274,7 @@ def test_short_training_run_lowers_the_loss(digits, kind):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("layout", [(8, 1, 28, 28), (8, 784)])
+@pytest.mark.parametrize("layout", [(8, 1, 28, 28), (8, 784)], ids=["images", "flat"])
 def test_forward_is_the_specifications_in_values_and_gradients(mode, layout):
     # Catches: renamed layers (a state_dict the specification's class cannot load), a missing
     # sigmoid, any change to the sampling (order of draws, std from logvar, what is decoded), a
@@ -459,6 +464,7 @@ SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7
         ([], {}),
         (SETTINGS, dict(epochs=3, batch_size=50, lr=3e-3, z_dims=3, hidden=32, beta=0.5)),
     ],
+    ids=["defaults", "every flag changed"],
 )
 def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, flags, settings):
     # Catches: any flag ignored or misrouted (each differs from its default in the second case,
@@ -594,7 +600,9 @@ def test_a_damaged_file_is_named_as_damaged(data_folder, monkeypatch, capsys, da
 
 
 @pytest.mark.parametrize(
-    "figure, nan", [("train_recon", [math.nan, 1]), ("test_kl", [1, math.nan])]
+    "figure, nan",
+    [("train_recon", [math.nan, 1]), ("test_kl", [1, math.nan])],
+    ids=["in training", "in the test"],
 )
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, figure, nan):
     # Catches: a NaN model written over good weights, training on after a NaN, a history that
@@ -804,7 +812,7 @@ def test_fashion_mnist_trains_resumes_and_is_drawn_against_its_own_images(
     np.testing.assert_array_equal(shown, images[:10].numpy())
     plot_cli(tmp_path, checkpoint, "--scatter", "--data-dir", mnist_dir)
     names = [t.get_text() for t in drawn[1].axes[-1].get_yticklabels()]
-    assert names == datasets.FashionMNIST.classes and drawn[1].axes[-1].get_ylabel() == "class"
+    assert names == datasets.FashionMNIST.classes and drawn[1].axes[-1].get_title() == "class"
     plot_cli(tmp_path, checkpoint, "--posterior", "--data-dir", mnist_dir)
     classes = ", ".join(datasets.FashionMNIST.classes[k] for k in labels[:8])
     assert f"test images 0 to 7, classes {classes}" in capsys.readouterr().out
@@ -973,8 +981,9 @@ Terminal = type("Terminal", (io.StringIO,), {"isatty": lambda self: True})
         ((Terminal, Log), None),  # a log file or CI
         ((Log, Log), None),
     ],
+    ids=["stdout to a log", "a terminal", "stderr to a log", "both to a log"],
 )
-def test_progress_bar_shows_in_a_terminal_and_a_notebook_only(digits, monkeypatch, streams, bar):
+def test_progress_bar_shows_on_a_terminal_only_and_is_erased(digits, monkeypatch, streams, bar):
     # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel), one whose
     # frames fill a log file or CI's output, one switched off for good (a long epoch looks frozen),
     # and one left on screen after each epoch or bound table instead of erased for the next line.
@@ -1024,6 +1033,7 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
         ("linear", 4, np.linspace(-1.5, 1.5, 4)),
         ("quantile", 5, Normal(0.0, 1.0).icdf((torch.arange(5) + 0.5) / 5)),
     ],
+    ids=["linear", "quantile"],
 )
 def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, values):
     # Catches: a flipped or transposed grid, i and j swapped, other dimensions not 0, quantiles at
@@ -1040,7 +1050,7 @@ def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, valu
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Latent dimension 2", "Latent dimension 0")
     if spacing == "linear":  # each tile's centre sits at its z value
         np.testing.assert_allclose(ax.images[0].get_extent(), [-2.0, 2.0] * 2)
-        assert ax.get_title().endswith("over [-1.5, 1.5], the others at 0")
+        assert title(ax).endswith("over [-1.5, 1.5], the others at 0")
         one = plot_latents.plot_latents(model, n=1)  # one tile: the centre, not the corner
         centre = model.decoder(torch.zeros(1, 3)).detach().reshape(28, 28)
         np.testing.assert_allclose(picture(one), centre, atol=1e-6)
@@ -1206,6 +1216,7 @@ IMAGES = torch.rand(50, 1, 28, 28)  # the plots take (N, 784) as well: see their
 PLOTS = {  # each public function that takes a model, and its arguments after the model
     "plot_latents": (plot_latents.plot_latents, ()),
     "plot_samples": (plot_latents.plot_samples, ()),
+    "plot_decoded_means": (plot_latents.plot_decoded_means, (IMAGES[:5],)),
     "plot_reconstructions": (plot_latents.plot_reconstructions, (IMAGES,)),
     "plot_interpolation": (plot_latents.plot_interpolation, (IMAGES[:2], IMAGES[2:4])),
     "plot_posterior_draws": (plot_latents.plot_posterior_draws, (IMAGES[:3],)),
@@ -1225,13 +1236,8 @@ def test_each_plot_draws_one_figure_of_any_four_part_model_and_returns_its_axes(
     # model that needs more than the four parts (z_dims, input_size, a Linear first, flat output).
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: pytest.fail("plt.show() was called"))
     torch.manual_seed(0)
-    model, before = kind(), set(plt.get_fignums())
-    plot, args = PLOTS[name]
-    args = (model, *args)
-    if name == "plot_posterior_means":  # it draws posterior_stats' means, not the model
-        args = (plot_latents.posterior_stats(model, IMAGES)[0], torch.randint(0, 10, (50,)))
-    if name == "plot_curves":  # it draws a history
-        args = (HISTORY,)
+    before = set(plt.get_fignums())
+    plot, args = plot_and_arguments(name, kind())
     ax = plot(*args, ax=None)
     assert isinstance(ax, Axes) and set(plt.get_fignums()) - before == {ax.figure.number}
     plt.close(ax.figure)
@@ -1239,6 +1245,40 @@ def test_each_plot_draws_one_figure_of_any_four_part_model_and_returns_its_axes(
     assert plot(*args, ax=given) is given
     assert given.images or given.collections or given.lines or given.patches
     assert set(plt.get_fignums()) == before
+
+
+def plot_and_arguments(name, model):
+    """PLOTS' function of that name, and what it takes before ax, for this model."""
+    plot, args = PLOTS[name]
+    if name == "plot_posterior_means":  # it draws posterior_stats' means, not the model
+        return plot, (plot_latents.posterior_stats(model, IMAGES)[0], torch.randint(0, 10, (50,)))
+    if name == "plot_curves":  # it draws a history
+        return plot, (HISTORY,)
+    return plot, (model, *args)
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_each_plot_stays_readable_twice_side_by_side(name):
+    # Catches: column labels that run into each other at half width ("imagdecode(mu)"), titles
+    # that run into the next panel's.
+    torch.manual_seed(0)
+    plot, args = plot_and_arguments(name, VAE())
+    fig, panels = plt.subplots(1, 2)
+    for ax in panels:
+        plot(*args, ax=ax)
+    fig.canvas.draw()
+    texts = []
+    for ax in fig.axes:  # a colour bar's too
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        texts += ax.get_legend().get_texts() if ax.get_legend() else []
+        if ax.axison:  # the labels of the ticks drawn
+            texts += [tick.label1 for axis in (ax.xaxis, ax.yaxis) for tick in axis._update_ticks()]
+    boxes = [
+        (t.get_text(), t.get_window_extent()) for t in texts if t.get_visible() and t.get_text()
+    ]
+    for k, (text, box) in enumerate(boxes):
+        crossed = [other for other, second in boxes[k + 1 :] if box.padded(1).overlaps(second)]
+        assert not crossed, f"{text!r} runs into {crossed}"
 
 
 def test_a_model_without_one_of_the_four_parts_is_refused_naming_all_four():
@@ -1357,6 +1397,15 @@ def test_a_students_own_history_of_some_columns_draws():
         (",".join(HISTORY_COLUMNS) + "\n1,a,b,c,d,e,f,g,h,i\n", "not numbers"),
         (b"\x89PNG\r\n\x1a\n\xff\xfe", "not text"),
     ],
+    ids=[
+        "missing",
+        "empty",
+        "header only",
+        "other columns",
+        "no epoch column",
+        "letters for figures",
+        "not text",
+    ],
 )
 def test_bad_histories_are_refused_in_one_line(tmp_path, monkeypatch, capsys, content, message):
     # Catches: a traceback from csv or float(), an empty picture for an empty history, a message
@@ -1446,6 +1495,7 @@ def spread_checkpoint(tmp_path):
             Normal(0.0, 1.0).icdf(torch.tensor(2.5 / 3)).item(),
         ),
     ],
+    ids=["linear", "quantile"],
 )
 def test_cli_scatter_plots_and_prints_the_posterior(
     tmp_path, spread_checkpoint, mnist_dir, drawn, capsys, flags, corner
@@ -1464,7 +1514,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(
     spacing = "quantile" if "quantile" in flags else "linear"
     expected = plot_latents.plot_latents(model, 2, 1, 3, 1.5, spacing=spacing)
     assert np.array_equal(picture(grid), picture(expected))
-    assert grid.get_title() == expected.get_title()
+    assert title(grid) == title(expected)
     assert grid.images[0].get_extent() == expected.images[0].get_extent()
     points = scatter.collections[0]
     np.testing.assert_allclose(points.get_offsets(), mu[:, [2, 1]].numpy(), atol=1e-6)
@@ -1620,64 +1670,91 @@ class RunsCode(str):
         return (open, (str(self), "w"))
 
 
-@pytest.mark.parametrize(
-    "case, flags, message",
-    [
-        ("good", ["--i", "1", "--j", "1"], "two different"),
-        ("good", ["--i", "3"], "0 to 2"),
-        ("good", ["--j", "-1"], "0 to 2"),
-        ("good", ["--n", "0"], "argument --n"),
-        ("good", ["--limit", "0"], "argument --limit"),
-        ("good", ["--limit", "nan"], "argument --limit"),
-        ("good", ["--limit", "1e39"], "argument --limit"),
-        ("good", ["--seed", "-1"], "argument --seed"),
-        ("good", ["--seed", str(2**64)], "argument --seed"),
-        ("good", ["--scatter", "--samples"], "not allowed with"),
-        ("good", ["--curves", "--posterior"], "not allowed with"),
-        ("good", ["--out", "nowhere/x.png"], "folder that exists"),
-        ("good", ["--out", "folder/"], "folder that exists"),
-        ("missing", [], "python train.py"),
-        ("folder", [], "python train.py"),
-        ("random bytes", [], "loads safely"),
-        ("runs code", [], "loads safely"),
-        ("other model", [], "is not this project's VAE (KeyError"),
-        ("extra entry", [], 'Unexpected key(s) in state_dict: "step"'),
-        ("not a tensor", [], "is not this project's VAE"),
-        (
-            "one hidden layer",
-            [],
-            "into your own class in Python and call plot_latents.plot_latents",
-        ),
-    ],
-)
-def test_plot_bad_inputs_are_refused(
-    tmp_path, small_checkpoint, monkeypatch, capsys, case, flags, message
+BAD_PLOT_FLAGS = {
+    "i equal to j": (["--i", "1", "--j", "1"], "two different"),
+    "i past the last dimension": (["--i", "3"], "0 to 2"),
+    "a negative j": (["--j", "-1"], "0 to 2"),
+    "n of 0": (["--n", "0"], "argument --n"),
+    "limit of 0": (["--limit", "0"], "argument --limit"),
+    "limit nan": (["--limit", "nan"], "argument --limit"),
+    "limit too large": (["--limit", "1e39"], "argument --limit"),
+    "a negative seed": (["--seed", "-1"], "argument --seed"),
+    "a seed too large": (["--seed", str(2**64)], "argument --seed"),
+    "two views": (["--scatter", "--samples"], "not allowed with"),
+    "curves and a view": (["--curves", "--posterior"], "not allowed with"),
+    "a dataset unknown": (["--dataset", "cifar"], "argument --dataset"),
+}
+
+
+def refused_plot(monkeypatch, capsys, tmp_path, checkpoint, *flags, code=1):
+    """plot_latents.py's one line, once checked that it wrote no picture and ran no code."""
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "x.png")]
+    line = one_line_error(
+        monkeypatch, capsys, "plot_latents.py", "--checkpoint", checkpoint, *out, *flags, code=code
+    )
+    assert len(line.replace(checkpoint, "").replace(str(tmp_path), "")) < 250  # one short line
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "code-ran").exists()
+    return line
+
+
+@pytest.mark.parametrize("case", BAD_PLOT_FLAGS)
+def test_plot_bad_flags_are_refused(tmp_path, small_checkpoint, monkeypatch, capsys, case):
+    # Catches: plotting a nonsense pair, negative indices read from the end, a traceback.
+    flags, message = BAD_PLOT_FLAGS[case]
+    code = 2 if message.startswith(("argument", "not allowed")) else 1
+    line = refused_plot(monkeypatch, capsys, tmp_path, small_checkpoint, *flags, code=code)
+    assert message in line
+
+
+@pytest.mark.parametrize("out", ["nowhere/x.png", "folder/"], ids=["a missing folder", "a folder"])
+def test_plot_an_out_that_cannot_be_written_is_refused(
+    tmp_path, small_checkpoint, monkeypatch, capsys, out
 ):
-    # Catches: plotting a nonsense pair, negative indices read from the end, a traceback, a message
-    # too long to read, a student's own architecture refused without the way to plot it, and above
-    # all a checkpoint that runs code when loaded.
-    missing, folder, marker = str(tmp_path / "none.pt"), str(tmp_path), tmp_path / "code-ran"
-    path = {"good": small_checkpoint, "missing": missing, "folder": folder}.get(case, missing)
-    path = str(tmp_path / "bad.pt") if case not in ("good", "missing", "folder") else path
-    bad = {
-        "other model": nn.Linear(3, 2).state_dict(),
-        "extra entry": {**VAE().state_dict(), "step": torch.tensor(3)},
-        "not a tensor": {**VAE().state_dict(), "mu.bias": [0.0] * 4},
-        "runs code": {"mu.weight": RunsCode(str(marker))},
-        "one hidden layer": OwnVAE().state_dict(),  # a student's own architecture
-    }
-    if case == "random bytes":
-        (tmp_path / "bad.pt").write_bytes(os.urandom(1000))
-    elif case in bad:
-        torch.save(bad[case], path)
     (tmp_path / "folder").mkdir()
-    flags = [str(tmp_path / f) if f in ("nowhere/x.png", "folder/") else f for f in flags]
-    out = ["--out", str(tmp_path / "x.png")] if "--out" not in flags else []
-    status = 2 if message.startswith(("argument", "not allowed")) else 1
-    flags = ["--checkpoint", path, *out, *flags]
-    line = one_line_error(monkeypatch, capsys, "plot_latents.py", *flags, code=status)
-    assert message in line and len(line.replace(path, "").replace(str(tmp_path), "")) < 250
-    assert not marker.exists() and not (tmp_path / "x.png").exists()
+    flags = ["--out", str(tmp_path / out)]
+    assert "folder that exists" in refused_plot(
+        monkeypatch, capsys, tmp_path, small_checkpoint, *flags
+    )
+
+
+@pytest.mark.parametrize("where", ["none.pt", "."], ids=["missing", "a folder"])
+def test_plot_without_a_checkpoint_says_to_train_one(tmp_path, monkeypatch, capsys, where):
+    line = refused_plot(monkeypatch, capsys, tmp_path, str(tmp_path / where))
+    assert "python train.py" in line
+
+
+def test_a_checkpoint_that_would_run_code_or_is_not_a_pickle_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    # Catches: above all, a checkpoint that runs code when loaded (weights_only off).
+    torch.save({"mu.weight": RunsCode(str(tmp_path / "code-ran"))}, tmp_path / "code.pt")
+    (tmp_path / "random.pt").write_bytes(os.urandom(1000))
+    for name in ("code.pt", "random.pt"):
+        line = refused_plot(monkeypatch, capsys, tmp_path, str(tmp_path / name))
+        assert "loads safely" in line
+
+
+NOT_OURS = {
+    "another model": (lambda: nn.Linear(3, 2).state_dict(), "is not this project's VAE (KeyError"),
+    "an extra entry": (
+        lambda: {**VAE().state_dict(), "step": torch.tensor(3)},
+        'Unexpected key(s) in state_dict: "step"',
+    ),
+    "not a tensor": (lambda: {**VAE().state_dict(), "mu.bias": [0.0] * 4}, "not this project's"),
+    "one hidden layer": (
+        lambda: OwnVAE().state_dict(),  # a student's own architecture
+        "into your own class in Python and call plot_latents.plot_latents",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOT_OURS)
+def test_a_state_dict_of_another_model_is_refused_with_the_way_to_plot_it(
+    tmp_path, monkeypatch, capsys, case
+):
+    state, message = NOT_OURS[case]
+    torch.save(state(), tmp_path / "other.pt")
+    assert message in refused_plot(monkeypatch, capsys, tmp_path, str(tmp_path / "other.pt"))
 
 
 def test_plot_ctrl_c_ends_quietly(tmp_path, small_checkpoint, monkeypatch, capsys):
