@@ -93,7 +93,8 @@ def plot_decoded_means(model, images, n=10, seed=0, ax=None):
     """Decoding only the means (question 2a): n x n draws from the images' posterior means mu(x),
     each decoded, drawn with a CPU generator seeded with seed. N images give N pictures at most."""
     x = as_images(images, model)
-    picks = torch.randint(len(x), (n * n,), generator=torch.Generator().manual_seed(seed))
+    draws = torch.randint(len(x), (n * n,), generator=torch.Generator().manual_seed(seed))
+    picks = draws.sort().values  # in order, so that the repeats stand side by side
     means = encode(model, x)[0]
     ax = axes_or_new(ax, (8, 8))
     show_tiles(ax, decode(model, means[picks.to(means.device)]), n)
@@ -332,8 +333,8 @@ def history_units(columns, terms=False):
         units = "nats per image\n(binarized pixels: Bernoulli)"
     else:
         units = "cross-entropy per image\n(grey pixels: not a likelihood)"
-    dataset = columns.get("dataset", ["mnist"])[0]
-    return units if dataset == "mnist" else f"{DATASETS[dataset].__name__}: {units}"
+    dataset = columns.get("dataset", ["mnist"])[0]  # train.py's histories from before --dataset
+    return f"{DATASETS[dataset].__name__}: {units}"
 
 
 def load_model(path):
@@ -345,6 +346,11 @@ def load_model(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         raise ValueError(f"{path} is not a state_dict that loads safely (tensors only)") from None
+    if "optimizer" in state:  # the .resume.pt beside a checkpoint
+        checkpoint = path.removesuffix(".resume.pt") + ".pt"
+        raise ValueError(
+            f"{path} is what train.py keeps for --resume; give --checkpoint {checkpoint}"
+        )
     try:
         pixels, hidden = state["encoder.0.weight"].shape[::-1]
         model = VAE(state["mu.weight"].shape[0], pixels, hidden)
@@ -648,6 +654,9 @@ def main(argv=()):
     draw, out = VIEWS[args.view]
     if args.spacing == "quantile" and args.view in ("latents", "scatter"):
         out = out.replace(".png", "_quantile.png")  # not to replace the linear grid's picture
+    run = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    if run != "vae" and not args.curves:  # not to replace another run's picture
+        out = f"{run}_{out}"
     out = (args.out or out).replace("{i}", str(args.i)).replace("{j}", str(args.j))
     if os.path.isdir(out) or not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise FileNotFoundError(f"--out {out}: give a file name in a folder that exists")

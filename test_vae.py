@@ -581,10 +581,16 @@ def test_missing_data_says_where_to_copy_it(data_folder, monkeypatch, capsys, da
     assert len(line) < 130  # one short sentence and the fix
 
 
+def test_the_mnist_folder_given_as_data_dir_is_refused(data_folder, monkeypatch, capsys):
+    # Catches: "no MNIST in data/MNIST/MNIST/raw: copy its four files there", a wrong fix.
+    line = refused_before_training(monkeypatch, capsys, data_folder, "--data-dir", "data/MNIST")
+    assert "--data-dir data/MNIST is inside the data: give the folder that holds MNIST/raw" in line
+
+
 def test_the_raw_folder_given_as_data_dir_is_refused(data_folder, monkeypatch, capsys):
     os.symlink(data_folder / "data" / "MNIST" / "raw", data_folder / "raw")
     line = refused_before_training(monkeypatch, capsys, data_folder, "--data-dir", "raw")
-    assert "holds the raw files; give the folder above" in line
+    assert "is inside the data: give the folder that holds MNIST/raw" in line
     assert sorted(os.listdir(data_folder / "raw")) == sorted(
         os.listdir(data_folder / "data/MNIST/raw")
     )
@@ -610,7 +616,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
     good = load(run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0", out="good.pt"))
     owner = "train_epoch" if figure.startswith("train") else "evaluate"
     on_call(monkeypatch, train, owner, 2, lambda real, *a, **k: real(*a, **k) * torch.tensor(nan))
-    message = f"{figure} became nan in epoch 2; 1 good epoch kept in .*vae.pt; lower --lr"
+    message = f"{figure} became nan in epoch 2; 1 good epoch kept in .*vae.pt; train anew with a"
     with pytest.raises(FloatingPointError, match=message):
         run_train(tmp_path, mnist_dir)
     assert same_weights(load(tmp_path / "vae.pt"), good)
@@ -626,7 +632,8 @@ def test_ctrl_c_in_a_script_says_which_epoch_is_saved(tmp_path, mnist_dir, monke
     args = ["--data-dir", mnist_dir, "--out", str(out), *FAST, "--epochs", "3"]
     status, _, err = run_script(monkeypatch, capsys, "train.py", *args)
     said = f"train.py: interrupted; {out} and {tmp_path / 'vae.csv'} hold epoch 2"
-    assert status == 130 and err.strip() == f"{said}; --resume goes on from there"
+    go_on = f"python train.py --resume --out {out} --data-dir {mnist_dir} goes on from there"
+    assert status == 130 and err.strip() == f"{said}; {go_on}"
     assert same_weights(load(out), two) and len(history(tmp_path / "vae.csv")) == 2
 
 
@@ -643,11 +650,12 @@ def test_ctrl_c_in_a_notebook_returns_the_model_and_resume_goes_on(
         model = train.main(args)
     assert same_weights(model.state_dict(), load(tmp_path / "vae.pt"))
     err = capsys.readouterr().err
-    assert "hold epoch 1; --resume goes on from there\nreturning the model as it is now" in err
+    go_on = f'train.main("--resume --out {tmp_path / "vae.pt"} --data-dir {mnist_dir}")'
+    assert f"hold epoch 1; {go_on} goes on from there\nreturning the model as it is now" in err
     with monkeypatch.context() as patch:  # a resumed run, interrupted as epoch 3 begins
         on_call(patch, torch, "randperm", 2, interrupt)
         assert isinstance(train.main([*args, "--resume"]), VAE)
-    assert "hold epoch 2; --resume goes on from there" in capsys.readouterr().err
+    assert f"hold epoch 2; {go_on} goes on from there" in capsys.readouterr().err
     assert isinstance(train.main([*args, "--resume"]), VAE)
     assert len(history(tmp_path / "vae.csv")) == 3
 
@@ -757,12 +765,18 @@ def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_d
         assert same_weights(load(again), model) and the_files(tmp_path) == before
 
 
-def test_the_same_flags_with_more_epochs_go_on_with_the_saved_run(tmp_path, mnist_dir, capsys):
-    # Catches: a saved run replaced from its first epoch, or trained on from another start.
-    straight = run_train(tmp_path, mnist_dir, "--epochs", "2", "--iwae", "0", out="straight.pt")
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
-    assert same_weights(load(run_train(tmp_path, mnist_dir, "--iwae", "0")), load(straight))
-    assert f"resuming {tmp_path / 'vae.pt'} after epoch 1" in capsys.readouterr().out
+@pytest.mark.parametrize("epochs", ["2", "1"], ids=["more epochs", "fewer epochs"])
+def test_other_epochs_never_replace_a_saved_run(tmp_path, mnist_dir, monkeypatch, capsys, epochs):
+    # Catches: a saved run replaced, or trained on, by a command that did not ask to go on, and a
+    # refusal that does not give the command that does.
+    run_train(tmp_path, mnist_dir, "--epochs", "2" if epochs == "1" else "1", "--iwae", "0")
+    before = the_files(tmp_path)
+    out = tmp_path / "vae.pt"
+    args = ["--data-dir", mnist_dir, "--out", str(out), "--batch-size", "32", "--epochs", epochs]
+    line = one_line_error(monkeypatch, capsys, "train.py", *args, "--threads", "1")
+    go_on = f"to go on: python train.py --resume --out {out} --epochs 2 --data-dir {mnist_dir};"
+    assert (go_on if epochs == "2" else "holds 2 epochs, more than --epochs 1;") in line
+    assert "give --out a new name for a new run" in line and the_files(tmp_path) == before
 
 
 def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, monkeypatch, capsys):
@@ -830,7 +844,7 @@ def test_curves_of_two_data_sets_are_refused_on_the_command_line(tmp_path, monke
         writer.writerows(rows)
     flags = ["--curves", str(tmp_path / "vae.csv"), str(tmp_path / "fashion.csv")]
     line = one_line_error(monkeypatch, capsys, "plot_latents.py", *flags, "--out", "c.png")
-    assert "fashion.csv is in FashionMNIST: nats per image" in line
+    assert "fashion.csv is in FashionMNIST: nats" in line and "drawn in MNIST: nats" in line
 
 
 # ---------------------------------------------------------------- train.py: threads
@@ -1333,9 +1347,9 @@ def units_of(rows, terms=False):
 @pytest.mark.parametrize(
     "units, label",
     [
-        ({}, "nats per image, less 448.73\n(squared error: Gaussian)"),
-        ({"nats_left_out": 0, "binarized": 1}, "nats per image\n(binarized pixels: Bernoulli)"),
-        ({"nats_left_out": 0, "binarized": 0}, "cross-entropy per image\n(grey pixels: not a"),
+        ({}, "MNIST: nats per image, less 448.73\n(squared error: Gaussian)"),
+        ({"nats_left_out": 0, "binarized": 1}, "MNIST: nats per image\n(binarized pixels: Bern"),
+        ({"nats_left_out": 0, "binarized": 0}, "MNIST: cross-entropy per image\n(grey pixels: no"),
         ({"dataset": "fashion"}, "FashionMNIST: nats per image, less 448.73"),
     ],
     ids=["squared error", "binarized cross-entropy", "grey cross-entropy", "fashion"],
@@ -1346,10 +1360,8 @@ def test_the_curves_axis_says_what_the_figures_measure(units, label):
 
 
 def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
-    assert (
-        units_of(HISTORY, terms=True)
-        == "nats per image, recon less 448.73\n(squared error: Gaussian)"
-    )
+    terms = units_of(HISTORY, terms=True)
+    assert terms == "MNIST: nats per image, recon less 448.73\n(squared error: Gaussian)"
 
 
 @pytest.mark.parametrize(
@@ -1358,7 +1370,7 @@ def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
 def test_curves_in_other_units_or_of_other_data_are_not_overlaid(other):
     # Catches: mse and bce runs, or MNIST and Fashion-MNIST ones, drawn as if they compared.
     ax = plot_latents.plot_curves(HISTORY)
-    with pytest.raises(ValueError, match="is in .*, the curves drawn in nats per image, less 448"):
+    with pytest.raises(ValueError, match="is in .*, the curves drawn in MNIST: nats per image, le"):
         plot_latents.plot_curves([{**row, **other} for row in HISTORY], ax=ax, label="other")
 
 
@@ -1383,7 +1395,7 @@ def test_a_students_own_history_of_some_columns_draws():
     with pytest.raises(ValueError, match="none of the figures"):
         plot_latents.plot_curves(own, terms=True)
     named = plot_latents.plot_curves({**own, "nats_left_out": [0, 0], "binarized": [1, 1]})
-    assert named.get_ylabel().startswith("nats per image\n(binarized pixels")
+    assert named.get_ylabel().startswith("MNIST: nats per image\n(binarized pixels")
 
 
 @pytest.mark.parametrize(
@@ -1425,7 +1437,7 @@ def test_bad_histories_are_refused_in_one_line(tmp_path, monkeypatch, capsys, co
 def small_checkpoint(tmp_path):
     """A checkpoint of a non-default size, as train.py --z-dims 3 --hidden 32 writes it."""
     torch.manual_seed(0)
-    return save_run(VAE(z_dims=3, num_hidden=32), tmp_path / "small.pt")
+    return save_run(VAE(z_dims=3, num_hidden=32), tmp_path / "vae.pt")
 
 
 @pytest.fixture
@@ -1475,6 +1487,22 @@ def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, capsys):
     assert same_weights(loaded.state_dict(), state)
 
 
+def test_cli_names_another_checkpoints_pictures_after_it(tmp_path, small_checkpoint):
+    # Catches: ae.pt's samples written over vae.pt's samples.png, without a word.
+    shutil.copy(small_checkpoint, tmp_path / "ae.pt")
+    assert plot_cli(tmp_path, "ae.pt", "--n", "2") == ["ae_latents_0_1.png"]
+
+
+def test_cli_refuses_the_resume_state_naming_the_checkpoint_beside_it(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    # Catches: "not this project's VAE" for the .resume.pt that tab completion offers.
+    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
+    state = str(tmp_path / "vae.resume.pt")
+    line = refused_plot(monkeypatch, capsys, tmp_path, state)
+    assert f"keeps for --resume; give --checkpoint {tmp_path / 'vae.pt'}" in line
+
+
 @pytest.fixture
 def spread_checkpoint(tmp_path):
     """A checkpoint whose posterior means spread widely (Var[mu] of several units), so that a
@@ -1504,7 +1532,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(
     # square that marks it; mu_i and mu_j on the wrong axes; a table column computed wrongly
     # (Var[mu] with another variance correction); a KL column that does not add up to the test KL
     # train.py prints.
-    name = "scatter_2_1_quantile.png" if "quantile" in flags else "scatter_2_1.png"
+    name = "spread_scatter_2_1" + ("_quantile.png" if "quantile" in flags else ".png")
     args = ["--scatter", "--i", "2", "--j", "1", *flags, "--data-dir", mnist_dir]
     assert plot_cli(tmp_path, spread_checkpoint, *args) == [name]
     model = plot_latents.load_model(spread_checkpoint)
@@ -1631,7 +1659,7 @@ def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside
     tmp_path, mnist_dir, drawn, capsys
 ):
     # Catches: --aggregate that needs a checkpoint, or draws a collapsed or unused dimension.
-    assert plot_cli(tmp_path, str(tmp_path / "none.pt"), "--aggregate") == ["aggregate.png"]
+    assert plot_cli(tmp_path, str(tmp_path / "vae.pt"), "--aggregate") == ["aggregate.png"]
     assert len(drawn[0].axes) == 1 and "the construction alone" in capsys.readouterr().out
     torch.manual_seed(0)
     model = VAE(z_dims=3, num_hidden=32)
@@ -1864,7 +1892,7 @@ KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a 
         "kept = train.main(['--epochs', '3', '--device', 'cpu', '--out', 'stopped.pt'])\n"
         "train.train_epoch = real\nprint(type(kept).__name__)",
         0,
-        "stopped.csv hold epoch 1; --resume goes on from there\nreturning",
+        'stopped.csv hold epoch 1; train.main("--resume --out stopped.pt") goes on from there\nre',
     ),
     ("kept = train.main('--epochs 3 --device cpu --out stopped.pt --resume')", 0, "epoch 3/3"),
     ("import matplotlib\nprint(matplotlib.get_backend())", 0, "inline"),

@@ -146,8 +146,11 @@ def epoch_row(epoch, train_terms, test_terms, seconds, args):
     }
     for name in ("train_recon", "train_kl", "test_recon", "test_kl"):
         if not math.isfinite(figures[name]):
-            kept = f"{counted(epoch - 1, 'good epoch')} kept in {args.out}; lower --lr"
-            raise FloatingPointError(f"{name} became {figures[name]} in epoch {epoch}; {kept}")
+            kept = f"{counted(epoch - 1, 'good epoch')} kept in {args.out}"
+            fix = "train anew with a lower --lr and another --out"
+            raise FloatingPointError(
+                f"{name} became {figures[name]} in epoch {epoch}; {kept}; {fix}"
+            )
     return {**{name: round(value, 4) for name, value in figures.items()}, "dataset": args.dataset}
 
 
@@ -208,8 +211,10 @@ def load_mnist(data_dir, train=True, device="cpu", dataset="mnist"):
     kind = DATASETS[dataset]
     raw = os.path.join(data_dir, kind.__name__, "raw")
     files = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-    if os.path.isfile(os.path.join(data_dir, files[2])):
-        raise FileNotFoundError(f"--data-dir {data_dir} holds the raw files; give the folder above")
+    inside = os.path.isfile(os.path.join(data_dir, files[2]))  # the raw folder itself
+    if inside or os.path.isdir(os.path.join(data_dir, "raw")):  # or MNIST/
+        given = f"--data-dir {data_dir} is inside the data"
+        raise FileNotFoundError(f"{given}: give the folder that holds {kind.__name__}/raw")
     try:
         split = kind(data_dir, train=train, download=True)
     except Exception:  # torchvision fails in many ways on a bad copy: say which files
@@ -360,7 +365,7 @@ def say_interrupted(args, saved):
     if saved:
         kept = f"{args.out} and {beside(args.out, '.csv')} hold epoch {saved}"
     if 0 < saved < args.epochs:
-        kept += "; --resume goes on from there"
+        kept += f"; {resume_command(args)} goes on from there"
     print(f"\ntrain.py: interrupted; {kept}", file=sys.stderr)
     if not in_notebook():
         sys.exit(130)  # as after any Ctrl-C
@@ -390,18 +395,35 @@ def load_run(out):
 
 
 def check_same_run(args, run):
-    """A run saved at --out goes on only with the flags that shaped its weights; --resume names
-    the one that differs, and a new run never replaces the saved one."""
+    """A run saved at --out is never replaced. --resume goes on with it, refusing a flag that would
+    change its weights; the same command again finds nothing left to do; anything else is refused,
+    before anything is written, with the command that goes on."""
+    saved = len(run["history"])
     other = [name for name, value in run["flags"].items() if getattr(args, name) != value]
-    if not other:
-        return
-    flag = f"--{other[0].replace('_', '-')}"
-    trained = f"{args.out} was trained with {flag} {run['flags'][other[0]]}"
     new = "give --out a new name for a new run"
-    if args.resume:
-        raise ValueError(f"--resume: {trained}; leave {flag} out, or {new}")
-    go_on = f"python train.py --resume --out {args.out} --data-dir {args.data_dir}"
-    raise FileExistsError(f"{trained}; to go on with it: {go_on}; or {new}")
+    if other:
+        flag = f"--{other[0].replace('_', '-')}"
+        trained = f"{args.out} was trained with {flag} {run['flags'][other[0]]}"
+        if args.resume:
+            raise ValueError(f"--resume: {trained}; leave {flag} out, or {new}")
+        raise FileExistsError(f"{trained}; to go on with it: {resume_command(args)}; or {new}")
+    if saved > args.epochs:
+        raise FileExistsError(
+            f"{args.out} holds {saved} epochs, more than --epochs {args.epochs}; {new}"
+        )
+    if saved < args.epochs and not args.resume:
+        go_on = resume_command(args, args.epochs)
+        raise FileExistsError(
+            f"{args.out} holds {saved} epochs of this run; to go on: {go_on}; or {new}"
+        )
+
+
+def resume_command(args, epochs=None):
+    """How to go on with the run at --out: a command line, or in a notebook the call of main."""
+    flags = f"--resume --out {args.out}" + (f" --epochs {epochs}" if epochs else "")
+    if args.data_dir != "data":
+        flags += f" --data-dir {args.data_dir}"
+    return f'train.main("{flags}")' if in_notebook() else f"python train.py {flags}"
 
 
 def save(model, optimizer, history, args):
