@@ -118,9 +118,8 @@ def write_idx(path, array):
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    """MNIST/raw and FashionMNIST/raw as torchvision expects them: 320 train and 64 test images of
-    ten blocky shapes (one per label, others for Fashion-MNIST), shifted a little, their strokes of
-    uneven brightness."""
+    """MNIST/raw and FashionMNIST/raw as torchvision expects them: 320 train and 64 test images,
+    ten blocky shapes shifted a little, of uneven brightness."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     for folder in ("MNIST", "FashionMNIST"):
@@ -169,8 +168,7 @@ def run_train(tmp_path, mnist_dir, *flags, out="vae.pt"):
 
 
 def run_script(monkeypatch, capsys, script, *flags):
-    """A script as a terminal runs it, its __main__ block included, in this process (so that
-    patches reach it): (exit status, stdout, stderr), which holds no traceback."""
+    """A script run as a terminal runs it, in this process: (exit status, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", [script, *flags])
     code = 0
     try:
@@ -188,8 +186,7 @@ def run_script(monkeypatch, capsys, script, *flags):
 
 
 def one_line_error(monkeypatch, capsys, script, *flags, code=1):
-    """The last line of stderr, once the script has failed with that status saying one line
-    (argparse's usage lines aside)."""
+    """The last line of stderr, once the script has failed with that status, saying one line."""
     status, _, err = run_script(monkeypatch, capsys, script, *flags)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith((" ", "usage:"))]
@@ -257,8 +254,7 @@ def test_kl_is_zero_at_the_prior():
 
 @pytest.mark.parametrize("kind", [SpecVAE, OwnVAE, FlattenVAE])
 def test_short_training_run_lowers_the_loss(digits, kind):
-    # Catches: gradients that do not reach the weights, a loss of the wrong sign, a training or a
-    # bound that needs more of a model than the four parts (z_dims, encode, a flat decoder).
+    # Catches: gradients that miss the weights, a loss of the wrong sign, a need beyond four parts.
     images, _ = digits
     torch.manual_seed(0)
     model = kind()
@@ -276,9 +272,8 @@ def test_short_training_run_lowers_the_loss(digits, kind):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("layout", [(8, 1, 28, 28), (8, 784)], ids=["images", "flat"])
 def test_forward_is_the_specifications_in_values_and_gradients(mode, layout):
-    # Catches: renamed layers (a state_dict the specification's class cannot load), a missing
-    # sigmoid, any change to the sampling (order of draws, std from logvar, what is decoded), a
-    # forward that decodes mu in eval mode, and a blocked gradient (a detached z).
+    # Catches: renamed layers, a missing sigmoid, any change to the sampling (mu decoded in eval
+    # mode included), a detached z.
     spec, ours = SpecVAE(), VAE()
     ours.load_state_dict(spec.state_dict())
     spec.load_state_dict(ours.state_dict())
@@ -296,8 +291,7 @@ def test_forward_is_the_specifications_in_values_and_gradients(mode, layout):
 
 
 def test_negative_elbo_is_squared_error_sum_plus_kl():
-    # Catches: a mean instead of a sum, a missing or misweighted KL (a wrong sign, logvar used as
-    # a deviation), BCE mixed up with MSE.
+    # Catches: a mean instead of a sum, a missing or misweighted KL, BCE mixed up with MSE.
     torch.manual_seed(0)
     x = torch.rand(6, 1, 28, 28)
     x_prime, mu, logvar = VAE()(x)
@@ -314,9 +308,7 @@ def test_negative_elbo_is_squared_error_sum_plus_kl():
 
 
 def test_log_likelihood_is_the_decoders_whole_density():
-    # Catches: a normalising constant missing or wrong (448.7 nats for mse), a variance other than
-    # 1/2, x and x_prime swapped in the Bernoulli, a sum over the wrong axis, several z per image
-    # not broadcast against their images.
+    # Catches: a wrong normalising constant or variance, x and x_prime swapped, a wrong sum axis.
     torch.manual_seed(0)
     x_prime = torch.rand(3, 5, 784) * 0.98 + 0.01  # three decodings of five images
     x = torch.rand(5, 1, 28, 28)
@@ -333,8 +325,7 @@ def test_log_likelihood_is_the_decoders_whole_density():
 
 
 def narrow_posteriors(z_dims=3, input_size=784, hidden=32):
-    """A small untrained VAE whose posteriors are narrow and off-centre, several nats of KL from
-    the prior, and whose decoder leans on z: the ELBO's terms and bounds then differ clearly."""
+    """A small VAE whose posteriors are narrow and off-centre and whose decoder leans on z."""
     torch.manual_seed(0)
     model = VAE(z_dims=z_dims, input_size=input_size, num_hidden=hidden)
     with torch.no_grad():
@@ -346,9 +337,7 @@ def narrow_posteriors(z_dims=3, input_size=784, hidden=32):
 
 @pytest.mark.parametrize("kind", ["mse", "bce"])
 def test_iwae_bound_with_one_sample_is_the_elbo(kind):
-    # Catches: a log-weight without log p(z) - log q(z|x) or with its sign flipped, the decoder's
-    # constant left out, z not drawn from q(z|x), a layout refused, a generator unused, a bound
-    # that needs more than the specification's class has.
+    # Catches: a wrong log-weight (prior, posterior, decoder's constant), z not from q(z|x).
     model = narrow_posteriors()
     x = torch.rand(5, 1, 28, 28)
     x = (x > 0.5).float() if kind == "bce" else x
@@ -374,8 +363,7 @@ def test_iwae_bound_with_one_sample_is_the_elbo(kind):
 
 @pytest.mark.parametrize("kind", ["mse", "bce"])
 def test_iwae_bound_rises_with_k_to_log_p_x_by_numerical_integration(kind):
-    # Catches: a bound that does not tighten with k (a mean of log-weights, a wrong ln k), one that
-    # overshoots log p(x), chunks combined wrongly. log p(x) is integrated on a grid of 2 latents.
+    # Catches: a bound that does not tighten with k or overshoots log p(x) (integrated on a grid).
     model = narrow_posteriors(z_dims=2, input_size=16, hidden=16)
     with torch.no_grad():  # a wide q(z|x), so that the bound converges in a few thousand samples
         model.logvar.weight.zero_()
@@ -409,8 +397,7 @@ DEFAULTS = dict(epochs=2, batch_size=32, lr=1e-3, z_dims=4, hidden=128, beta=1.0
 
 
 def train_by_hand(images, test_images, binarize=False, seed=0, **flags):
-    """What train.py's flags describe, written out from torch and vae.py alone: the trained model,
-    and per epoch the figures train.py prints (train loss, recon, KL, test -ELBO, recon, KL)."""
+    """train.py's flags written out from torch and vae.py: the model and each epoch's figures."""
     epochs, batch_size, lr, z_dims, hidden, beta, recon = {**DEFAULTS, **flags}.values()
     torch.manual_seed(seed)
     model = VAE(z_dims=z_dims, num_hidden=hidden)
@@ -467,11 +454,7 @@ SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7
     ids=["defaults", "every flag changed"],
 )
 def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, flags, settings):
-    # Catches: any flag ignored or misrouted (each differs from its default in the second case,
-    # whose last batch is partial), an unseeded run, a wrong printed figure, a train loss called a
-    # -ELBO when beta is not 1, pixels binarized once or from another probability, a binary test
-    # set from the global random state; evaluation that moves training's random state; a history
-    # whose rows are not the printed figures or do not say their units; main() without its model.
+    # Catches: a flag ignored or misrouted, a wrong printed figure or history row, an unseeded run.
     returned = plot_latents.load_model(run_train(tmp_path, mnist_dir, "--iwae", "0", *flags))
     if flags:
         settings = {**settings, "recon": "bce", "binarize": True, "seed": 7}
@@ -499,8 +482,7 @@ def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, f
 
 
 def test_adam_is_fused_only_where_the_device_has_the_kernel_and_auto_prefers_a_gpu(monkeypatch):
-    # Catches: a fallback that never runs (the fused kernel's device check comes at the first step),
-    # --device ignored, or auto preferring the CPU over a GPU.
+    # Catches: a fused fallback that never runs, --device ignored, auto preferring the CPU.
     assert train.make_optimizer(VAE(), 1e-3).defaults["fused"]
     assert not train.make_optimizer(VAE().to("meta"), 1e-3).defaults["fused"]
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
@@ -611,8 +593,7 @@ def test_a_damaged_file_is_named_as_damaged(data_folder, monkeypatch, capsys, da
     ids=["in training", "in the test"],
 )
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, figure, nan):
-    # Catches: a NaN model written over good weights, training on after a NaN, a history that
-    # records the NaN epoch, a message that blames the train loss for a test figure.
+    # Catches: a NaN model saved over good weights or recorded, a message naming the wrong figure.
     good = load(run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0", out="good.pt"))
     owner = "train_epoch" if figure.startswith("train") else "evaluate"
     on_call(monkeypatch, train, owner, 2, lambda real, *a, **k: real(*a, **k) * torch.tensor(nan))
@@ -624,8 +605,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
 
 
 def test_ctrl_c_in_a_script_says_which_epoch_is_saved(tmp_path, mnist_dir, monkeypatch, capsys):
-    # Catches: a traceback on Ctrl-C, a message that misstates what was saved or hides --resume,
-    # a history ahead of or behind its checkpoint.
+    # Catches: a traceback on Ctrl-C, a message that misstates what was saved or hides --resume.
     two = load(run_train(tmp_path, mnist_dir, "--iwae", "0", out="two.pt"))
     out = tmp_path / "vae.pt"
     on_call(monkeypatch, torch, "randperm", 3, interrupt)  # as epoch 3 begins
@@ -640,8 +620,7 @@ def test_ctrl_c_in_a_script_says_which_epoch_is_saved(tmp_path, mnist_dir, monke
 def test_ctrl_c_in_a_notebook_returns_the_model_and_resume_goes_on(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
-    # Catches: SystemExit in a notebook (which loses the trained model), "returning the model"
-    # not said, a resumed run that cannot be interrupted and resumed again.
+    # Catches: SystemExit in a notebook (the model lost), a resumed run that cannot stop again.
     monkeypatch.setattr(train, "in_notebook", lambda: True)
     monkeypatch.setattr(train, "progress", iter)  # no kernel here to show a bar
     args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), *FAST, "--epochs", "3"]
@@ -714,9 +693,7 @@ def kill(real, *args, **kwargs):
 def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     tmp_path, mnist_dir, monkeypatch, capsys, owner, name, call
 ):
-    # Catches: Adam's moments, the random state (shuffles, z, pixels) or the epoch not saved or
-    # restored; epochs trained twice or skipped; a resume from a checkpoint ahead of its state;
-    # threads that change the weights; --epochs not the total; flags not read back.
+    # Catches: Adam, the random state or the epoch not restored; a checkpoint ahead of its state.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
     with monkeypatch.context() as patch:
         on_call(patch, train.vae if owner == "vae" else train, name, call, kill)
@@ -746,7 +723,7 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
 def test_resume_refuses_a_flag_that_would_change_the_weights(
     tmp_path, mnist_dir, monkeypatch, capsys, flags, message
 ):
-    # Catches: such a flag silently dropped or obeyed on resume, anything written before.
+    # Catches: such a flag dropped or obeyed on resume.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     before = the_files(tmp_path)
     args = ["--data-dir", mnist_dir, "--out", str(tmp_path / "vae.pt"), "--resume", *flags]
@@ -756,7 +733,7 @@ def test_resume_refuses_a_flag_that_would_change_the_weights(
 
 
 def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_dir, capsys):
-    # Catches: a finished run trained again or rewritten (the README's quick start, run twice).
+    # Catches: a finished run trained again or rewritten.
     model = load(run_train(tmp_path, mnist_dir, "--epochs", "1"))
     before = the_files(tmp_path)
     for flags in ([], ["--resume"]):
@@ -767,8 +744,7 @@ def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_d
 
 @pytest.mark.parametrize("epochs", ["2", "1"], ids=["more epochs", "fewer epochs"])
 def test_other_epochs_never_replace_a_saved_run(tmp_path, mnist_dir, monkeypatch, capsys, epochs):
-    # Catches: a saved run replaced, or trained on, by a command that did not ask to go on, and a
-    # refusal that does not give the command that does.
+    # Catches: a saved run replaced or trained on without --resume.
     run_train(tmp_path, mnist_dir, "--epochs", "2" if epochs == "1" else "1", "--iwae", "0")
     before = the_files(tmp_path)
     out = tmp_path / "vae.pt"
@@ -780,8 +756,7 @@ def test_other_epochs_never_replace_a_saved_run(tmp_path, mnist_dir, monkeypatch
 
 
 def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, monkeypatch, capsys):
-    # Catches: a trained run destroyed by a rerun with other flags, a refusal that does not give
-    # the command that goes on with it, or that comes after something was written.
+    # Catches: a saved run destroyed by a rerun with other flags.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     before = the_files(tmp_path)
     out = tmp_path / "vae.pt"
@@ -799,7 +774,7 @@ def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, monkeyp
 def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
-    # Catches: --resume failing with no run yet (a Colab cell run again), a damaged state read.
+    # Catches: --resume failing with no run yet, a damaged state read.
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
     assert "--resume: no run saved at" in capsys.readouterr().out
     assert len(history(tmp_path / "vae.csv")) == 2
@@ -812,8 +787,7 @@ def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
 def test_fashion_mnist_trains_resumes_and_is_drawn_against_its_own_images(
     tmp_path, mnist_dir, monkeypatch, capsys, drawn
 ):
-    # Catches: --dataset ignored (MNIST read instead), a run that does not record its data set, a
-    # resume on other data, a checkpoint drawn against MNIST, digits where classes have names.
+    # Catches: --dataset ignored or not recorded, a Fashion-MNIST checkpoint drawn against MNIST.
     run_train(tmp_path, mnist_dir, "--dataset", "fashion", "--epochs", "1", "--iwae", "0")
     assert {row["dataset"] for row in history(tmp_path / "vae.csv")} == {"fashion"}
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
@@ -851,7 +825,7 @@ def test_curves_of_two_data_sets_are_refused_on_the_command_line(tmp_path, monke
 
 
 def probe(monkeypatch, seconds, cpus=2):
-    """fastest_threads, where a pass takes seconds[n] on n threads: the counts it ran, in order."""
+    """fastest_threads where a pass takes seconds[n] on n threads: (its choice, counts it ran)."""
     clock, counts = [0.0], []
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
@@ -875,19 +849,18 @@ def probe(monkeypatch, seconds, cpus=2):
     ids=["idle: 2 threads", "a core busy: 1 thread", "4 CPUs, idle: 4 threads"],
 )
 def test_the_fastest_thread_count_is_chosen(monkeypatch, seconds, chosen):
-    # Catches: the slower count kept, counts the CPUs do not have tried or others left out.
+    # Catches: the slower count kept, counts the CPUs lack tried.
     assert probe(monkeypatch, seconds, cpus=max(seconds))[0] == chosen
 
 
 def test_a_count_far_slower_is_timed_no_longer_than_the_fastest(monkeypatch):
-    # Catches: a count 20 times slower timed in full, costing that slowdown on every probe.
+    # Catches: a count 20 times slower timed in full.
     counts = probe(monkeypatch, {1: 1.0, 2: 20.0})[1]
     assert counts == [1] * 10 + [2]
 
 
 def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
-    # Catches: a probe that steps Adam, leaves gradients behind, or draws from the random state
-    # (the weights would then depend on how many counts the CPUs allow).
+    # Catches: a probe that steps Adam, leaves gradients behind or draws random numbers.
     torch.manual_seed(0)
     model = VAE()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -911,8 +884,7 @@ def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
 def test_threads_are_set_while_training_and_said(
     tmp_path, mnist_dir, capsys, monkeypatch, flags, said
 ):
-    # Catches: --threads ignored, a device line that does not say how threads are chosen, epoch
-    # lines that do not name the count, and a notebook left with the training's thread count.
+    # Catches: --threads ignored or unsaid, a notebook left with the training's thread count.
     monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     set_to, real = [], torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: set_to.append(n) or real(n))
@@ -927,9 +899,7 @@ def test_threads_are_set_while_training_and_said(
 
 
 def test_the_same_seed_gives_the_same_weights_and_bound_on_any_thread_count(digits):
-    # Catches: sums split among threads in an order that changes the weights or the bound (MKL's
-    # matrix products on AVX-512, unless its reproducible mode is on), which would make a run
-    # depend on how busy the machine was, and a resumed run differ from one never stopped.
+    # Catches: weights or bound that change with the thread count (MKL without reproducible mode).
     images, runs = digits[0], []
     for threads in (1, 2, 1, 2):  # switched back and forth, as the tuner does
         torch.set_num_threads(threads)
@@ -948,10 +918,7 @@ BOUND_ROW = re.compile(r"^ +(\d+) +([\d.]+)(?: +([\d.]+))?$", re.M)
 
 @pytest.mark.parametrize("recon", ["mse", "bce"])
 def test_iwae_prints_the_table_of_bounds(tmp_path, mnist_dir, capsys, recon):
-    # Catches: --iwae ignored, a table of other figures than iwae_table's, rows not on the -ELBO
-    # line's scale (or nats without the decoder's constant), a wrong gap, a bound on grey pixels
-    # when the test set was binarized, a table for a plain autoencoder, sizes that miss k_max, a
-    # table that is not the mean of -L_k over the images.
+    # Catches: --iwae ignored, printed figures not iwae_table's or off the -ELBO's scale.
     flags = ["--recon", recon, "--iwae", "20"] + (["--binarize"] if recon == "bce" else [])
     model = plot_latents.load_model(run_train(tmp_path, mnist_dir, *flags))
     out = capsys.readouterr().out
@@ -998,9 +965,7 @@ Terminal = type("Terminal", (io.StringIO,), {"isatty": lambda self: True})
     ids=["stdout to a log", "a terminal", "stderr to a log", "both to a log"],
 )
 def test_progress_bar_shows_on_a_terminal_only_and_is_erased(digits, monkeypatch, streams, bar):
-    # Catches: a bar that a notebook hides (tqdm's own test is isatty, false in a kernel), one whose
-    # frames fill a log file or CI's output, one switched off for good (a long epoch looks frozen),
-    # and one left on screen after each epoch or bound table instead of erased for the next line.
+    # Catches: a bar that fills a log, never shows, or stays on screen after each epoch or table.
     monkeypatch.setattr(tqdm, "_instances", weakref.WeakSet())  # none left by a killed run
     stdout, stderr = streams[0](), streams[1]()
     monkeypatch.setattr(sys, "stdout", stdout)
@@ -1016,9 +981,7 @@ def test_progress_bar_shows_on_a_terminal_only_and_is_erased(digits, monkeypatch
 
 
 def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp_path, monkeypatch):
-    # Catches: main() parsing the kernel's own arguments (-f kernel-....json), flags given as one
-    # string parsed letter by letter, and a SystemExit where a notebook wants an exception that
-    # names the flag or says the fix.
+    # Catches: main() parsing the kernel's arguments, a string parsed letter by letter, SystemExit.
     monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/run/kernel-1.json"])
     assert train.parse_args() == train.parse_args([])
     assert plot_latents.parse_args() == plot_latents.parse_args([])
@@ -1050,9 +1013,7 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
     ids=["linear", "quantile"],
 )
 def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, values):
-    # Catches: a flipped or transposed grid, i and j swapped, other dimensions not 0, quantiles at
-    # k / n instead of the tiles' centres (k + 0.5) / n, ticks that do not read in z units, a title
-    # that does not say where the other dimensions are held, n = 1 drawing a corner.
+    # Catches: a flipped or transposed grid, i and j swapped, quantiles off the tiles' centres.
     torch.manual_seed(0)
     model, i, j = VAE(z_dims=3, num_hidden=16), 2, 0
     ax = plot_latents.plot_latents(model, i=i, j=j, n=n, limit=1.5, spacing=spacing)
@@ -1079,8 +1040,7 @@ def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, valu
 
 
 def test_samples_are_the_seeded_prior_draws_decoded_row_major():
-    # Catches: samples not decoded from the seeded z ~ N(0, I) (a fixed z, the global random
-    # state, codes of real images), tiles column-major or flipped, grey levels rescaled.
+    # Catches: samples not from the seeded z ~ N(0, I), tiles out of order, grey levels rescaled.
     torch.manual_seed(0)
     model, n, seed = VAE(z_dims=3, num_hidden=16), 3, 5
     ax = plot_latents.plot_samples(model, n=n, seed=seed)
@@ -1096,9 +1056,7 @@ def test_samples_are_the_seeded_prior_draws_decoded_row_major():
 
 
 def test_reconstructions_are_the_images_over_decode_of_mu():
-    # Catches: reconstructions decoded from a sampled z (another picture on each call), the rows
-    # swapped or unlabelled, images other than the first n, a layout refused, and pixels of 0 to
-    # 255 drawn as a plausible but wrong picture.
+    # Catches: reconstructions of a sampled z, rows swapped, pixels of 0 to 255 drawn.
     torch.manual_seed(0)
     model, images, n = VAE(z_dims=3, num_hidden=16), torch.rand(12, 1, 28, 28), 5
     ax = plot_latents.plot_reconstructions(model, images, n=n)
@@ -1120,9 +1078,7 @@ def test_reconstructions_are_the_images_over_decode_of_mu():
 
 
 def test_interpolation_decodes_the_mixed_posterior_means_between_the_originals():
-    # Catches: points that miss an end or are not evenly spaced, sampled z instead of the means,
-    # the originals not at the row ends, rows out of pair order, one pair not taken as one image
-    # each.
+    # Catches: points unevenly spaced or missing an end, sampled z instead of the means.
     torch.manual_seed(0)
     model, n = VAE(z_dims=3, num_hidden=16), 4
     start, end = torch.rand(3, 1, 28, 28), torch.rand(3, 784)
@@ -1142,8 +1098,7 @@ def test_interpolation_decodes_the_mixed_posterior_means_between_the_originals()
 
 
 def test_posterior_draws_decode_q_of_z_given_x_beside_the_mean():
-    # Catches: draws from the prior instead of q(z|x), the mean decoded in the draws' place, draws
-    # that ignore sigma or the seed, columns or rows out of order.
+    # Catches: draws from the prior or the mean instead of q(z|x), the seed ignored.
     model, images, n, seed = narrow_posteriors(z_dims=3, hidden=16), torch.rand(2, 784), 3, 4
     ax = plot_latents.plot_posterior_draws(model, images, n=n, seed=seed)
     got = tiles(picture(ax)).reshape(2, n + 2, 28, 28)
@@ -1160,8 +1115,7 @@ def test_posterior_draws_decode_q_of_z_given_x_beside_the_mean():
 
 
 def test_marginals_are_the_means_and_the_codes_of_dimension_dim():
-    # Catches: means and codes swapped, codes drawn from the prior (or without sigma), the wrong
-    # dimension, histograms that are not densities, legend variances that are not the data's.
+    # Catches: means and codes swapped, the wrong dimension, histograms that are not densities.
     torch.manual_seed(0)
     model, images, dim = VAE(z_dims=3, num_hidden=32), torch.rand(400, 784), 2
     with torch.no_grad():
@@ -1187,8 +1141,7 @@ def test_marginals_are_the_means_and_the_codes_of_dimension_dim():
 
 
 def test_decoded_means_show_only_the_images_means_decoded():
-    # Catches: prior codes or sampled z in place of the means (new pictures would appear), draws
-    # that ignore the seed.
+    # Catches: prior codes or sampled z decoded in place of the means, the seed ignored.
     torch.manual_seed(0)
     model, images = VAE(z_dims=3, num_hidden=16), torch.rand(3, 784)
     ax = plot_latents.plot_decoded_means(model, images, n=4, seed=1)
@@ -1245,9 +1198,8 @@ PLOTS = {  # each public function that takes a model, and its arguments after th
 def test_each_plot_draws_one_figure_of_any_four_part_model_and_returns_its_axes(
     name, kind, monkeypatch
 ):
-    # Catches: two pictures per call in Jupyter (a returned Figure is shown again beside the inline
-    # backend's), an ax ignored, a plt.show() that empties the figure before it can be saved, a
-    # model that needs more than the four parts (z_dims, input_size, a Linear first, flat output).
+    # Catches: a returned Figure (shown twice in Jupyter), an ax ignored, plt.show(), a model
+    # that needs more than the four parts.
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: pytest.fail("plt.show() was called"))
     torch.manual_seed(0)
     before = set(plt.get_fignums())
@@ -1273,8 +1225,7 @@ def plot_and_arguments(name, model):
 
 @pytest.mark.parametrize("name", PLOTS)
 def test_each_plot_stays_readable_twice_side_by_side(name):
-    # Catches: column labels that run into each other at half width ("imagdecode(mu)"), titles
-    # that run into the next panel's.
+    # Catches: titles or labels that run into each other at half width.
     torch.manual_seed(0)
     plot, args = plot_and_arguments(name, VAE())
     fig, panels = plt.subplots(1, 2)
@@ -1308,17 +1259,13 @@ def test_a_model_without_one_of_the_four_parts_is_refused_naming_all_four():
 
 
 def write_histories(folder):
-    """Two histories as train.py writes them: HISTORY's, and one epoch of another run."""
+    """HISTORY as vae.csv, and one epoch of another run as ae.csv."""
     save_run(VAE(), folder / "vae.pt", [row.values() for row in HISTORY])
     save_run(VAE(), folder / "ae.pt", [[1, 30.0, 28.0, 90.0, 130.0, 25.0, 105.0, 1.0, 448.7341, 0]])
 
 
 def test_plot_curves_draws_the_histories_figures_in_their_units(tmp_path):
-    # Catches: mse and bce runs drawn on one axis as if their figures compared, an axis that does
-    # not say what its figures measure, a history saved by a spreadsheet (with a byte-order mark)
-    # refused, a series in the wrong panel or under the wrong name, values shifted by an epoch, the
-    # train loss (recon + beta KL) drawn where the train -ELBO belongs, runs whose two series do
-    # not share a colour, labels that do not name the run.
+    # Catches: a series misplaced or misnamed, the train loss drawn as the -ELBO, a BOM refused.
     write_histories(tmp_path)
     left = plot_latents.plot_curves(str(tmp_path / "vae.csv"), label="vae.csv")
     plot_latents.plot_curves(tmp_path / "ae.csv", ax=left, label="ae.csv")
@@ -1355,7 +1302,7 @@ def units_of(rows, terms=False):
     ids=["squared error", "binarized cross-entropy", "grey cross-entropy", "fashion"],
 )
 def test_the_curves_axis_says_what_the_figures_measure(units, label):
-    # Catches: an axis that does not say what its figures measure, the wrong constant.
+    # Catches: an axis that misstates its units.
     assert units_of([{**row, **units} for row in HISTORY]).startswith(label)
 
 
@@ -1368,23 +1315,20 @@ def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
     "other", [{"nats_left_out": 0, "binarized": 1}, {"dataset": "fashion"}], ids=["units", "data"]
 )
 def test_curves_in_other_units_or_of_other_data_are_not_overlaid(other):
-    # Catches: mse and bce runs, or MNIST and Fashion-MNIST ones, drawn as if they compared.
+    # Catches: curves in other units, or of other data, drawn as if they compared.
     ax = plot_latents.plot_curves(HISTORY)
     with pytest.raises(ValueError, match="is in .*, the curves drawn in MNIST: nats per image, le"):
         plot_latents.plot_curves([{**row, **other} for row in HISTORY], ax=ax, label="other")
 
 
 def test_a_history_without_units_is_labelled_without_complaint():
-    # Catches: "units unknown (no columns ...)" on a student's own history, which is not wrong.
+    # Catches: a complaint about a student's own history.
     own = [{"epoch": 1, "train_loss": 60.0, "test_nelbo": 50.0}]
     assert units_of(own) == "per image, in the history's own units"
 
 
 def test_a_students_own_history_of_some_columns_draws():
-    # Catches: a history refused for lacking seconds or the unit columns (a student's own loop
-    # writes neither), a train loss not drawn when the terms are missing, units claimed that the
-    # history does not state, such a run refused beside train.py's, a test -ELBO not summed from
-    # its terms, the unit columns not read when a student's history has them.
+    # Catches: a history refused for lacking columns, a test -ELBO not summed from its terms.
     own = {"epoch": [1, 2], "train_loss": [60.0, 45.0], "test_nelbo": [50.0, 41.0]}  # a DataFrame's
     ax = plot_latents.plot_curves(own, label="mine")
     drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
@@ -1420,8 +1364,7 @@ def test_a_students_own_history_of_some_columns_draws():
     ],
 )
 def test_bad_histories_are_refused_in_one_line(tmp_path, monkeypatch, capsys, content, message):
-    # Catches: a traceback from csv or float(), an empty picture for an empty history, a message
-    # that does not name the file.
+    # Catches: a traceback, an empty picture, a message that does not name the file.
     path = tmp_path / "run.csv"
     if content is not None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -1466,9 +1409,7 @@ def plot_cli(tmp_path, checkpoint, *flags):
 
 
 def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, capsys):
-    # Catches: --i, --j, --n or --limit not reaching the grid, a default name that ignores the
-    # dimensions or the spacing, sizes assumed not read, "wrote noext" when savefig wrote
-    # noext.png, a checkpoint of the specification's own loop (keys in any order) refused.
+    # Catches: a grid flag lost, a default name without the dimensions or spacing.
     flags = ["--i", "2", "--j", "0"]
     written = plot_cli(tmp_path, small_checkpoint, *flags, "--n", "3", "--limit", "1.5")
     assert written == ["latents_2_0.png"]
@@ -1488,7 +1429,7 @@ def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, capsys):
 
 
 def test_cli_names_another_checkpoints_pictures_after_it(tmp_path, small_checkpoint):
-    # Catches: ae.pt's samples written over vae.pt's samples.png, without a word.
+    # Catches: ae.pt's pictures written over vae.pt's.
     shutil.copy(small_checkpoint, tmp_path / "ae.pt")
     assert plot_cli(tmp_path, "ae.pt", "--n", "2") == ["ae_latents_0_1.png"]
 
@@ -1505,8 +1446,7 @@ def test_cli_refuses_the_resume_state_naming_the_checkpoint_beside_it(
 
 @pytest.fixture
 def spread_checkpoint(tmp_path):
-    """A checkpoint whose posterior means spread widely (Var[mu] of several units), so that a
-    figure computed the wrong way differs from the right one by more than its rounding."""
+    """A checkpoint whose posterior means spread widely, so that wrong figures show."""
     torch.manual_seed(0)
     model = VAE(z_dims=3, num_hidden=32)
     with torch.no_grad():
@@ -1528,10 +1468,7 @@ def spread_checkpoint(tmp_path):
 def test_cli_scatter_plots_and_prints_the_posterior(
     tmp_path, spread_checkpoint, mnist_dir, drawn, capsys, flags, corner
 ):
-    # Catches: --n, --limit or --spacing not reaching the grid beside the scatter or the dashed
-    # square that marks it; mu_i and mu_j on the wrong axes; a table column computed wrongly
-    # (Var[mu] with another variance correction); a KL column that does not add up to the test KL
-    # train.py prints.
+    # Catches: flags lost, mu_i and mu_j swapped, a table column computed wrongly.
     name = "spread_scatter_2_1" + ("_quantile.png" if "quantile" in flags else ".png")
     args = ["--scatter", "--i", "2", "--j", "1", *flags, "--data-dir", mnist_dir]
     assert plot_cli(tmp_path, spread_checkpoint, *args) == [name]
@@ -1568,10 +1505,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(
 def test_cli_samples_draws_the_prior_and_the_reconstructions_and_says_their_error(
     tmp_path, small_checkpoint, mnist_dir, drawn, capsys, recon, binarized
 ):
-    # Catches: --n or --seed not reaching the samples, reconstructions of the wrong images, an error
-    # in other terms than the model's (a squared error for a --recon bce model, as its history
-    # says) or on grey pixels for a --binarize model, a default name that overwrites another
-    # view's PNG.
+    # Catches: flags lost, the wrong images, an error in other terms than the model's.
     if recon:
         units = [round(vae.log_likelihood_constant(recon), 4), binarized]
         row = [1, 50.0, 45.0, 5.0, 49.0, 44.0, 5.0, 1.0, *units]
@@ -1597,8 +1531,7 @@ def test_cli_samples_draws_the_prior_and_the_reconstructions_and_says_their_erro
 def test_cli_interpolate_draws_pairs_of_different_digits(
     tmp_path, small_checkpoint, mnist_dir, drawn, capsys
 ):
-    # Catches: --n or --seed not reaching the rows, pairs of one digit, rows other than the printed
-    # pairs.
+    # Catches: flags lost, pairs of one digit, rows other than the printed pairs.
     args = ["--interpolate", "--data-dir", mnist_dir]
     written = plot_cli(tmp_path, small_checkpoint, *args, "--n", "4", "--seed", "3")
     assert written == ["interpolation.png"]
@@ -1617,9 +1550,7 @@ def test_cli_interpolate_draws_pairs_of_different_digits(
 
 
 def test_cli_posterior_and_marginals(tmp_path, small_checkpoint, mnist_dir, drawn, capsys):
-    # Catches: --posterior or --marginals not written, --n or --seed not reaching the draws, test
-    # images other than those printed, a panel missing or for the wrong dimension, and a wide
-    # model drawn as twenty panels rather than its 16 dimensions whose means spread most.
+    # Catches: flags lost, images other than those printed, a wide model's panels ill chosen.
     args = ["--posterior", "--n", "3", "--seed", "2", "--data-dir", mnist_dir]
     assert plot_cli(tmp_path, small_checkpoint, *args) == ["posterior.png"]
     model = plot_latents.load_model(small_checkpoint)
@@ -1658,7 +1589,7 @@ def test_cli_means_draws_decoded_means_beside_prior_samples(
 def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside(
     tmp_path, mnist_dir, drawn, capsys
 ):
-    # Catches: --aggregate that needs a checkpoint, or draws a collapsed or unused dimension.
+    # Catches: a checkpoint required, a collapsed dimension drawn.
     assert plot_cli(tmp_path, str(tmp_path / "vae.pt"), "--aggregate") == ["aggregate.png"]
     assert len(drawn[0].axes) == 1 and "the construction alone" in capsys.readouterr().out
     torch.manual_seed(0)
@@ -1677,8 +1608,7 @@ def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside
 
 
 def test_cli_curves_overlay_the_histories_without_mnist_or_checkpoint(tmp_path, drawn, capsys):
-    # Catches: --curves that needs the checkpoint or MNIST, a default history other than the one
-    # beside --checkpoint, several histories not overlaid or not labelled.
+    # Catches: a checkpoint or MNIST required, histories not overlaid or not labelled.
     write_histories(tmp_path)
     (tmp_path / "vae.pt").unlink()  # its history is there, the checkpoint is gone
     assert plot_cli(tmp_path, str(tmp_path / "vae.pt"), "--curves") == ["curves.png"]
@@ -1727,7 +1657,7 @@ def refused_plot(monkeypatch, capsys, tmp_path, checkpoint, *flags, code=1):
 
 @pytest.mark.parametrize("case", BAD_PLOT_FLAGS)
 def test_plot_bad_flags_are_refused(tmp_path, small_checkpoint, monkeypatch, capsys, case):
-    # Catches: plotting a nonsense pair, negative indices read from the end, a traceback.
+    # Catches: a nonsense pair plotted, negative indices read from the end.
     flags, message = BAD_PLOT_FLAGS[case]
     code = 2 if message.startswith(("argument", "not allowed")) else 1
     line = refused_plot(monkeypatch, capsys, tmp_path, small_checkpoint, *flags, code=code)
@@ -1754,7 +1684,7 @@ def test_plot_without_a_checkpoint_says_to_train_one(tmp_path, monkeypatch, caps
 def test_a_checkpoint_that_would_run_code_or_is_not_a_pickle_is_refused(
     tmp_path, monkeypatch, capsys
 ):
-    # Catches: above all, a checkpoint that runs code when loaded (weights_only off).
+    # Catches: a checkpoint that runs code when loaded.
     torch.save({"mu.weight": RunsCode(str(tmp_path / "code-ran"))}, tmp_path / "code.pt")
     (tmp_path / "random.pt").write_bytes(os.urandom(1000))
     for name in ("code.pt", "random.pt"):
@@ -1816,10 +1746,7 @@ def documents():
 def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_py(
     notebook_folder, monkeypatch, capsys
 ):
-    # Catches: a link or a picture that points at nothing, notebook code in the README or docs/
-    # that has drifted from the code, a training loop by hand that, with train.py's seed, does not
-    # give train.py's weights, or does not time its threads as train.py does (a loop in a notebook
-    # that crawls on a busy machine).
+    # Catches: a dead link, drifted code blocks, a hand loop unlike train.py's.
     monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     set_to, real = [], torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: set_to.append(n) or real(n))
@@ -1843,9 +1770,7 @@ def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_
 
 
 def test_each_readme_picture_is_written_by_a_readme_command(notebook_folder, capsys):
-    # Catches: a picture the README shows that none of its commands makes (a block only docs/
-    # has), a command that fails in a folder holding only the three scripts and data/, and the
-    # quick start failing when run twice.
+    # Catches: a picture no README command makes, a command that fails.
     text = dict(documents())["README.md"]
     commands = re.findall(r"(?:^|`)(python (?:train|plot_latents)\.py[^`\n#]*)", text, re.M)
     for command in dict.fromkeys(command.strip() for command in commands):
@@ -1902,8 +1827,7 @@ KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a 
 
 @pytest.fixture(scope="module")
 def kernel_cells(tmp_path_factory, mnist_dir):
-    """KERNEL_CELLS run in a real Jupyter kernel, where nbclient and ipykernel are installed (they
-    are not requirements), in a folder with data/: each cell, with its outputs."""
+    """KERNEL_CELLS run in a Jupyter kernel (if installed) beside data/: the cells and outputs."""
     nbformat, nbclient = pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     folder = tmp_path_factory.mktemp("notebook")
@@ -1917,7 +1841,7 @@ def kernel_cells(tmp_path_factory, mnist_dir):
 
 
 def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(kernel_cells):
-    # Catches: a figure shown twice or not at all, a main() that switches the session's backend.
+    # Catches: a figure shown twice or not at all, a switched backend.
     pictures = [
         sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in kernel_cells
     ]
@@ -1925,8 +1849,7 @@ def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(kernel_cells):
 
 
 def test_in_a_real_jupyter_kernel_each_cell_says_what_it_did(kernel_cells):
-    # Catches: a progress bar a notebook hides, a bad flag that ends in SystemExit, and Ctrl-C
-    # losing the trained model or the way on.
+    # Catches: a hidden bar, SystemExit on a bad flag, Ctrl-C losing the model or the way on.
     for cell, (_, _, text) in zip(kernel_cells, KERNEL_CELLS):
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         said = "".join(o.get("text", "") for o in cell.outputs) + "".join(errors)
@@ -1937,8 +1860,7 @@ def test_in_a_real_jupyter_kernel_each_cell_says_what_it_did(kernel_cells):
 
 
 def test_a_saved_notebook_keeps_about_a_kilobyte_of_output_per_epoch(kernel_cells):
-    # Catches: a progress bar whose redraws pile up in the saved notebook, more the longer the
-    # epoch (a bar redrawn ten times a second).
+    # Catches: a bar's redraws piling up in the saved notebook.
     nbformat = pytest.importorskip("nbformat")
     saved = nbformat.writes(nbformat.v4.new_notebook(cells=[kernel_cells[-1]]))
     empty = nbformat.writes(
