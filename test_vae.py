@@ -102,19 +102,11 @@ class FlattenVAE(OwnVAE):
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
 @pytest.fixture(autouse=True)
 def one_thread_and_no_figures():
     torch.set_num_threads(1)
     yield
     plt.close("all")
-
-
-def write_idx(path, array):
-    """An IDX file as MNIST ships it: big-endian magic, sizes, then uint8 data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="session")
@@ -131,8 +123,12 @@ def mnist_dir(tmp_path_factory):
             labels = rng.integers(0, 10, n)
             images = np.stack([np.roll(shapes[k], rng.integers(-2, 3, 2), (0, 1)) for k in labels])
             brightness = rng.uniform(100, 255, images.shape)
-            write_idx(raw / f"{prefix}-images-idx3-ubyte", images * brightness)
-            write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+            for name, array in (("images-idx3", images * brightness), ("labels-idx1", labels)):
+                sizes = b"".join(n.to_bytes(4, "big") for n in array.shape)  # IDX: big-endian
+                header = bytes([0, 0, 0x08, array.ndim]) + sizes
+                (raw / f"{prefix}-{name}-ubyte").write_bytes(
+                    header + array.astype(np.uint8).tobytes()
+                )
     return str(root)
 
 
@@ -292,8 +288,6 @@ def history_row(*values):
 
 
 # ---------------------------------------------------------------- the design card's three checks
-
-
 @pytest.mark.parametrize("layout", [(5, 1, 28, 28), (5, 784)], ids=["images", "flat"])
 def test_forward_shapes_for_both_input_layouts(layout):
     # Catches: a forward that does not flatten images, or returns the wrong things.
@@ -322,8 +316,6 @@ def test_short_training_run_lowers_the_loss(digits, kind):
 
 
 # ---------------------------------------------------------------- vae.py
-
-
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("layout", [(8, 1, 28, 28), (8, 784)], ids=["images", "flat"])
 def test_forward_is_the_specifications_in_values_and_gradients(mode, layout):
@@ -400,7 +392,6 @@ def test_iwae_bound_with_one_sample_is_the_elbo(kind):
     x = torch.rand(5, 1, 28, 28)
     x = (x > 0.5).float() if kind == "bce" else x
     first = iwae_bound(model, x, 1, kind, seeded(7))
-    assert first.shape == (5,)
     assert torch.equal(iwae_bound(model, x.reshape(5, 784), 1, kind, seeded(7)), first)
     spec = SpecVAE(z_dims=3, num_hidden=32)
     spec.load_state_dict(model.state_dict())
@@ -446,8 +437,6 @@ def test_iwae_bound_rises_with_k_to_log_p_x_by_numerical_integration(kind):
 
 
 # ---------------------------------------------------------------- train.py
-
-
 DEFAULTS = dict(epochs=2, batch_size=32, lr=1e-3, z_dims=4, hidden=128, beta=1.0, recon="mse")
 
 
@@ -576,37 +565,30 @@ def test_a_misspelt_flag_is_refused(data_folder, terminal):
     assert "unrecognized arguments: --zdims 2" in line
 
 
-@pytest.mark.parametrize("device", ["cuda", "mps"])
-def test_a_device_torch_cannot_see_is_refused(data_folder, terminal, device):
-    # Catches: a silent fall back to the CPU.
-    if train.pick_device("auto").type == device:
-        pytest.skip("this machine has the device")
-    line = refused_before_training(terminal, data_folder, "--device", device)
-    assert f"--device {device}: torch 2" in line
-
-
-FIXES = {  # what train.py says after a path it cannot use
-    "--out": ": give a file name in a folder that exists",
-    "--data-dir": " is inside the data: give the folder that holds MNIST/raw",
+WRITABLE = "give a file name in a folder that exists"
+INSIDE = "is inside the data: give the folder that holds MNIST/raw"
+FASHION = "no FashionMNIST in nodata/FashionMNIST/raw, and no download: copy its four"
+UNUSABLE = {  # flags for what train.py cannot use, and what it says
+    "--device cuda": "--device cuda: torch 2",
+    "--device mps": "--device mps: torch 2",
+    "--out missing/vae.pt": f"--out missing/vae.pt: {WRITABLE}",
+    "--out .": f"--out .: {WRITABLE}",
+    "--data-dir data/MNIST": f"--data-dir data/MNIST {INSIDE}",
+    "--data-dir data/MNIST/raw": f"--data-dir data/MNIST/raw {INSIDE}",
+    "--data-dir nodata": "no MNIST in nodata/MNIST/raw, and no download: copy its four",
+    "--data-dir nodata --dataset fashion": FASHION,
 }
-PATHS = ["--out missing/vae.pt", "--out .", "--data-dir data/MNIST", "--data-dir data/MNIST/raw"]
 
 
-@pytest.mark.parametrize("flags", PATHS)
-def test_a_path_that_cannot_be_used_is_refused_with_the_fix(data_folder, terminal, flags):
-    # Catches: an epoch lost to an --out that cannot be written, a wrong fix for the data's folder.
+@pytest.mark.parametrize("flags", UNUSABLE)
+def test_a_device_or_path_that_cannot_be_used_is_refused_with_the_fix(data_folder, terminal, flags):
+    # Catches: a silent fall back to the CPU, an epoch lost to an --out that cannot be written, a
+    # wrong fix for missing data or the data's own folder, torchvision's download traceback.
+    name, value = flags.split()[:2]
+    if name == "--device" and train.pick_device("auto").type == value:
+        pytest.skip("this machine has the device")
     line = refused_before_training(terminal, data_folder, *flags.split())
-    assert flags + FIXES[flags.split()[0]] in line
-
-
-@pytest.mark.parametrize("dataset", ["mnist", "fashion"])
-def test_missing_data_says_where_to_copy_it(data_folder, terminal, dataset):
-    # Catches: torchvision's download traceback, folders made where the files should be.
-    folder = {"mnist": "MNIST", "fashion": "FashionMNIST"}[dataset]
-    flags = ["--data-dir", "nodata", "--dataset", dataset]
-    line = refused_before_training(terminal, data_folder, *flags)
-    assert f"no {folder} in nodata/{folder}/raw, and no download: copy its four" in line
-    assert len(line) < 130  # one short sentence and the fix
+    assert UNUSABLE[flags] in line and len(line) < 130  # one short sentence and the fix
 
 
 DAMAGES = {
@@ -643,12 +625,17 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
     assert [row["epoch"] for row in history(tmp_path / "vae.csv")] == ["1"]
 
 
-def test_ctrl_c_in_a_script_says_which_epoch_is_saved(tmp_path, mnist_dir, monkeypatch, terminal):
+def test_ctrl_c_in_a_script_says_what_is_saved(tmp_path, mnist_dir, monkeypatch, terminal):
     # Catches: a traceback on Ctrl-C, a message that misstates what was saved or hides --resume.
+    args = at_vae_pt(tmp_path, mnist_dir, *FAST, "--epochs", "3")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "MNIST", interrupt)  # read as train.py starts
+        status, _, err = terminal("train.py", *args)
+    assert status == 130 and err.strip().endswith("before training began; nothing was changed")
     two = load(run_train(tmp_path, mnist_dir, "--iwae", "0", out="two.pt"))
     out = tmp_path / "vae.pt"
     on_call(monkeypatch, torch, "randperm", 3, interrupt)  # as epoch 3 begins
-    status, _, err = terminal("train.py", *at_vae_pt(tmp_path, mnist_dir, *FAST, "--epochs", "3"))
+    status, _, err = terminal("train.py", *args)
     said = f"train.py: interrupted; {out} and {tmp_path / 'vae.csv'} hold epoch 2"
     go_on = f"python train.py --resume --out {out} --data-dir {mnist_dir} goes on from there"
     assert status == 130 and err.strip() == f"{said}; {go_on}"
@@ -679,12 +666,6 @@ def test_notebook_ctrl_c_returns_the_model_and_can_resume(tmp_path, mnist_dir, m
     assert len(history(tmp_path / "vae.csv")) == 3
 
 
-def test_ctrl_c_while_loading_says_nothing_changed(tmp_path, mnist_dir, monkeypatch, terminal):
-    monkeypatch.setattr(datasets, "MNIST", interrupt)  # read as train.py starts
-    status, _, err = terminal("train.py", *at_vae_pt(tmp_path, mnist_dir))
-    assert status == 130 and err.strip().endswith("before training began; nothing was changed")
-
-
 def test_a_save_stopped_halfway_leaves_the_last_checkpoint_whole(tmp_path):
     # Catches: a checkpoint written in place, which a kill mid-write corrupts.
     path = str(tmp_path / "vae.pt")
@@ -701,8 +682,6 @@ def test_a_save_stopped_halfway_leaves_the_last_checkpoint_whole(tmp_path):
 
 
 # ---------------------------------------------------------------- train.py --resume
-
-
 def the_files(tmp_path):
     """Each file a run keeps in tmp_path, as bytes."""
     paths = [tmp_path / name for name in ("vae.pt", "vae.csv", "vae.resume.pt")]
@@ -720,21 +699,18 @@ def kill(real, *args, **kwargs):
     raise Killed
 
 
-KILLS = {  # where kill -9 lands: which call of which function
-    "after a checkpoint": (train, "write_atomically", 4),
-    "after a history": (train, "write_atomically", 5),
-    "mid-epoch": (train.vae, "kl_divergence", 15),
-}
-
-
-@pytest.mark.parametrize("where", KILLS)
+@pytest.mark.parametrize(
+    "owner, name, call",  # where kill -9 lands: which call of which function
+    [(train, "write_atomically", 4), (train, "write_atomically", 5), (vae, "kl_divergence", 15)],
+    ids=["after a checkpoint", "after a history", "mid-epoch"],
+)
 def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
-    tmp_path, mnist_dir, monkeypatch, capsys, where
+    tmp_path, mnist_dir, monkeypatch, capsys, owner, name, call
 ):
     # Catches: Adam, the random state or the epoch not restored; a checkpoint ahead of its state.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
     with monkeypatch.context() as patch:
-        on_call(patch, *KILLS[where], kill)
+        on_call(patch, owner, name, call, kill)
         with pytest.raises(Killed):
             run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3")
     capsys.readouterr()
@@ -806,15 +782,13 @@ def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, termina
     assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
 
 
-def test_resume_without_a_run_starts_one(tmp_path, mnist_dir, capsys):
-    # Catches: --resume failing with no run yet (a Colab cell run again).
+def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
+    tmp_path, mnist_dir, capsys, terminal
+):
+    # Catches: --resume failing with no run yet (a Colab cell run again), a damaged state read.
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
     assert "--resume: no run saved at" in capsys.readouterr().out
     assert len(history(tmp_path / "vae.csv")) == 2
-
-
-def test_resume_refuses_a_damaged_state(tmp_path, mnist_dir, terminal):
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     (tmp_path / "vae.resume.pt").write_bytes(b"damaged")
     line = refused(terminal, "train.py", *at_vae_pt(tmp_path, mnist_dir, "--resume"))
     assert "vae.resume.pt is damaged; give --out a new name" in line
@@ -847,10 +821,18 @@ def test_fashion_mnist_trains_resumes_and_is_drawn_against_its_own_images(
 
 
 # ---------------------------------------------------------------- train.py: threads
+PROBES = {  # seconds a pass takes on n threads; the count chosen, and the thread count of each pass
+    "idle: 2 threads": ({1: 1.0, 2: 0.6}, 2, [1] * 10 + [2] * 10),
+    "a core busy: 1 thread": ({1: 1.0, 2: 2.5}, 1, [1] * 10 + [2] * 5),
+    "4 CPUs, idle: 4 threads": ({1: 1.0, 2: 0.6, 4: 0.5}, 4, [1] * 10 + [2] * 10 + [4] * 10),
+    "2 threads 20 times slower": ({1: 1.0, 2: 20.0}, 1, [1] * 10 + [2]),
+}
 
 
-def probe(monkeypatch, seconds):
-    """fastest_threads where a pass takes seconds[n] on n threads: (its choice, counts it ran)."""
+@pytest.mark.parametrize("case", PROBES)
+def test_the_fastest_thread_count_is_chosen_and_a_slower_one_cut_short(monkeypatch, case):
+    # Catches: the slower count kept, counts the CPUs lack tried, a far slower count timed in full.
+    seconds, chosen, expected = PROBES[case]
     threads_set(monkeypatch, cpus=max(seconds))
     clock = [0.0]
     counts = []
@@ -863,25 +845,8 @@ def probe(monkeypatch, seconds):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train.vae, "negative_elbo", timed)
-    chosen = train.fastest_threads(VAE(), torch.rand(20, 784), 10)
-    assert chosen == torch.get_num_threads()
-    return chosen, counts
-
-
-@pytest.mark.parametrize(
-    "seconds, chosen",
-    [({1: 1.0, 2: 0.6}, 2), ({1: 1.0, 2: 2.5}, 1), ({1: 1.0, 2: 0.6, 4: 0.5}, 4)],
-    ids=["idle: 2 threads", "a core busy: 1 thread", "4 CPUs, idle: 4 threads"],
-)
-def test_the_fastest_thread_count_is_chosen(monkeypatch, seconds, chosen):
-    # Catches: the slower count kept, counts the CPUs lack tried.
-    assert probe(monkeypatch, seconds)[0] == chosen
-
-
-def test_a_count_far_slower_is_timed_no_longer_than_the_fastest(monkeypatch):
-    # Catches: a count 20 times slower timed in full.
-    counts = probe(monkeypatch, {1: 1.0, 2: 20.0})[1]
-    assert counts == [1] * 10 + [2]
+    assert train.fastest_threads(VAE(), torch.rand(20, 784), 10) == chosen
+    assert torch.get_num_threads() == chosen and counts == expected
 
 
 def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
@@ -932,8 +897,6 @@ def test_the_same_seed_gives_the_same_weights_and_bound_on_any_thread_count(digi
 
 
 # ---------------------------------------------------------------- train.py: the bound, progress
-
-
 BOUND_ROW = re.compile(r"^ +(\d+) +([\d.]+)(?: +([\d.]+))?$", re.M)
 
 
@@ -1031,8 +994,6 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
 
 
 # ---------------------------------------------------------------- plot_latents.py: the pictures
-
-
 QUANTILES = Normal(0.0, 1.0).icdf((torch.arange(5) + 0.5) / 5)  # at the centres of 5 tiles
 
 
@@ -1054,21 +1015,16 @@ def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, valu
     if spacing == "linear":  # each tile's centre sits at its z value
         np.testing.assert_allclose(ax.images[0].get_extent(), [-2.0, 2.0] * 2)
         assert title(ax).endswith("over [-1.5, 1.5], the others at 0")
+        one = plot_latents.plot_latents(model, n=1)  # one tile: the centre, not the corner
+        centre = model.decoder(torch.zeros(1, 3)).detach().reshape(28, 28)
+        np.testing.assert_allclose(picture(one), centre, atol=1e-6)
+        np.testing.assert_allclose(one.images[0].get_extent(), [-2, 2, -2, 2])
     else:
         names = [f"{v:.2f}" for v in values.tolist()]
         assert texts(ax.get_xticklabels()) == names and texts(ax.get_yticklabels()) == names
         np.testing.assert_allclose(ax.get_xticks(), np.arange(n) + 0.5)
         np.testing.assert_allclose(ax.images[0].get_extent(), [0, n, 0, n])  # bottom: lowest z_j
         assert "quantiles" in ax.get_title()
-
-
-def test_a_grid_of_one_tile_decodes_the_centre():
-    # Catches: n = 1 drawing a corner.
-    model = small_vae()
-    one = plot_latents.plot_latents(model, n=1)
-    centre = model.decoder(torch.zeros(1, 3)).detach().reshape(28, 28)
-    np.testing.assert_allclose(picture(one), centre, atol=1e-6)
-    np.testing.assert_allclose(one.images[0].get_extent(), [-2, 2, -2, 2])
 
 
 def test_samples_are_the_seeded_prior_draws_decoded_row_major():
@@ -1280,8 +1236,6 @@ def test_a_model_without_one_of_the_four_parts_is_refused_naming_all_four():
 
 
 # ---------------------------------------------------------------- plot_latents.py: the curves
-
-
 def write_histories(folder):
     """HISTORY as vae.csv, and one epoch of another run as ae.csv."""
     save_run(VAE(), folder / "vae.pt", HISTORY)
@@ -1307,13 +1261,11 @@ def test_plot_curves_draws_the_histories_figures_in_their_units(tmp_path):
     right = plot_latents.plot_curves(HISTORY, terms=True)
     drawn = {line.get_label(): list(line.get_ydata()) for line in right.lines}
     assert drawn == {"test recon": [40.0, 33.0, 29.5], "test KL": [7.0, 5.5, 4.5]}
+    terms = "MNIST: nats per image, recon less 448.73\n(squared error: Gaussian)"
+    assert right.get_ylabel() == terms  # only the recon term leaves out a constant
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "vae.csv").read_bytes())
     excel = plot_latents.read_history(tmp_path / "excel.csv")
     assert excel == plot_latents.read_history(tmp_path / "vae.csv")
-
-
-def units_of(rows, terms=False):
-    return plot_latents.plot_curves(rows, terms=terms).get_ylabel()
 
 
 @pytest.mark.parametrize(
@@ -1328,18 +1280,8 @@ def units_of(rows, terms=False):
 )
 def test_the_curves_axis_says_what_the_figures_measure(units, label):
     # Catches: an axis that misstates its units.
-    assert units_of([{**row, **units} for row in HISTORY]).startswith(label)
-
-
-def test_the_terms_axis_says_only_the_recon_term_leaves_out_a_constant():
-    terms = units_of(HISTORY, terms=True)
-    assert terms == "MNIST: nats per image, recon less 448.73\n(squared error: Gaussian)"
-
-
-def test_a_history_without_units_is_labelled_without_complaint():
-    # Catches: a complaint about a student's own history.
-    own = [{"epoch": 1, "train_loss": 60.0, "test_nelbo": 50.0}]
-    assert units_of(own) == "per image, in the history's own units"
+    drawn = plot_latents.plot_curves([{**row, **units} for row in HISTORY])
+    assert drawn.get_ylabel().startswith(label)
 
 
 @pytest.mark.parametrize(
@@ -1361,11 +1303,13 @@ def test_curves_of_two_data_sets_are_refused_on_the_command_line(tmp_path, termi
 
 
 def test_a_students_own_history_of_some_columns_draws():
-    # Catches: a history refused for lacking columns, a test -ELBO not summed from its terms.
+    # Catches: a history refused for lacking columns or its units complained of, a test -ELBO not
+    # summed from its terms.
     own = {"epoch": [1, 2], "train_loss": [60.0, 45.0], "test_nelbo": [50.0, 41.0]}  # a DataFrame's
     ax = plot_latents.plot_curves(own, label="mine")
     drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
     assert drawn == {"mine: test -ELBO": [50.0, 41.0], "mine: train loss": [60.0, 45.0]}
+    assert ax.get_ylabel() == "per image, in the history's own units"
     plot_latents.plot_curves(HISTORY, ax=ax, label="train.py")
     summed = plot_latents.plot_curves([{"epoch": 1, "test_recon": 30.0, "test_kl": 5.0}])
     assert list(summed.lines[0].get_ydata()) == [35.0]
@@ -1399,8 +1343,6 @@ def test_bad_histories_are_refused_in_one_line(tmp_path, terminal, case):
 
 
 # ---------------------------------------------------------------- plot_latents.py: the command line
-
-
 @pytest.fixture
 def small_checkpoint(tmp_path):
     """A checkpoint of a non-default size, as train.py --z-dims 3 --hidden 32 writes it."""
@@ -1434,18 +1376,26 @@ def plot_cli(tmp_path, checkpoint, *flags):
     return sorted(p.name for p in tmp_path.glob("*.png"))
 
 
-def test_cli_grid_takes_its_flags(tmp_path, small_checkpoint, drawn, capsys):
+@pytest.fixture
+def view(tmp_path, small_checkpoint, mnist_dir):
+    """view(*flags): plot_cli for small_checkpoint, on the test data."""
+
+    def run(*flags):
+        return plot_cli(tmp_path, small_checkpoint, *flags, "--data-dir", mnist_dir)
+
+    return run
+
+
+def test_cli_grid_takes_its_flags(view, tmp_path, drawn, capsys):
     # Catches: a grid flag lost, a default name without the dimensions or spacing.
-    flags = ["--i", "2", "--j", "0"]
-    written = plot_cli(tmp_path, small_checkpoint, *flags, "--n", "3", "--limit", "1.5")
-    assert written == ["latents_2_0.png"]
+    assert view("--i", "2", "--j", "0", "--n", "3", "--limit", "1.5") == ["latents_2_0.png"]
     assert (tmp_path / "latents_2_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    quantile = plot_cli(tmp_path, small_checkpoint, *flags, "--spacing", "quantile")
+    quantile = view("--i", "2", "--j", "0", "--spacing", "quantile")
     assert quantile == ["latents_2_0.png", "latents_2_0_quantile.png"]  # the linear one is kept
-    expected = plot_latents.plot_latents(plot_latents.load_model(small_checkpoint), 2, 0, 3, 1.5)
+    expected = plot_latents.plot_latents(small_vae(hidden=32), 2, 0, 3, 1.5)
     assert_same_picture(drawn[0].axes[0], expected)
     capsys.readouterr()
-    assert "noext.png" in plot_cli(tmp_path, small_checkpoint, "--out", "noext")
+    assert "noext.png" in view("--out", "noext")
     assert capsys.readouterr().out == "wrote noext.png\n"
 
 
@@ -1456,31 +1406,19 @@ def test_a_checkpoint_of_the_specifications_loop_loads_whatever_the_order_of_its
     assert same_weights(loaded.state_dict(), state)
 
 
-def test_cli_names_another_checkpoints_pictures_after_it(tmp_path, small_checkpoint):
-    # Catches: ae.pt's pictures written over vae.pt's.
-    shutil.copy(small_checkpoint, tmp_path / "ae.pt")
-    assert plot_cli(tmp_path, "ae.pt", "--n", "2") == ["ae_latents_0_1.png"]
-
-
-@pytest.fixture
-def spread_checkpoint(tmp_path):
-    """A checkpoint whose posterior means spread widely, so that wrong figures show."""
-    model = small_vae(hidden=32)
-    with torch.no_grad():
-        model.mu.weight.mul_(100)
-    return save_run(model, tmp_path / "spread.pt")
-
-
 @pytest.mark.parametrize("spacing", ["linear", "quantile"])
 def test_cli_scatter_plots_and_prints_the_posterior(
-    tmp_path, spread_checkpoint, mnist_dir, test_set, drawn, capsys, spacing
+    tmp_path, mnist_dir, test_set, drawn, capsys, spacing
 ):
     # Catches: flags lost, mu_i and mu_j swapped, a table column computed wrongly.
+    model = small_vae(hidden=32)
+    with torch.no_grad():
+        model.mu.weight.mul_(100)  # means that spread widely, so that wrong figures show
+    spread_checkpoint = save_run(model, tmp_path / "spread.pt")
     flags = ["--limit", "1.5"] if spacing == "linear" else ["--spacing", "quantile"]
     name = "spread_scatter_2_1" + ("_quantile.png" if spacing == "quantile" else ".png")
     args = ["--scatter", "--i", "2", "--j", "1", "--n", "3", *flags, "--data-dir", mnist_dir]
-    assert plot_cli(tmp_path, spread_checkpoint, *args) == [name]
-    model = plot_latents.load_model(spread_checkpoint)
+    assert plot_cli(tmp_path, spread_checkpoint, *args) == [name]  # named after its checkpoint
     images, labels = test_set
     mu, logvar = (t.detach() for t in model.encode(images))
     grid, scatter = drawn[0].axes[:2]
@@ -1497,8 +1435,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.fullmatch(r"\s+\d+(\s+[\d.]+){4}", line)]
     table = np.array([[float(v) for v in line.split()] for line in rows])
-    var_mu = mu.var(0, correction=0).numpy()
-    mean_var = logvar.exp().mean(0).numpy()
+    var_mu, mean_var = mu.var(0, correction=0).numpy(), logvar.exp().mean(0).numpy()
     assert var_mu.min() > 1  # large enough for a variance correction of 64/63 to show
     kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).mean(0).numpy()
     np.testing.assert_array_equal(table[:, 0], [0, 1, 2])
@@ -1514,17 +1451,15 @@ def test_cli_scatter_plots_and_prints_the_posterior(
     [(None, 0), ("mse", 0), ("bce", 1)],
     ids=["no history", "squared error", "binarized cross-entropy"],
 )
-def test_cli_samples_draws_the_prior_and_the_reconstructions_and_says_their_error(
-    tmp_path, small_checkpoint, mnist_dir, test_set, drawn, capsys, recon, binarized
+def test_cli_samples_draw_the_prior_and_reconstructions_and_say_their_error(
+    view, small_checkpoint, test_set, drawn, capsys, recon, binarized
 ):
     # Catches: flags lost, the wrong images, an error in other terms than the model's.
+    model = small_vae(hidden=32)
     if recon:
         units = [round(vae.log_likelihood_constant(recon), 4), binarized]
-        row = history_row(1, 50.0, 45.0, 5.0, 49.0, 44.0, 5.0, 1.0, *units)
-        save_run(plot_latents.load_model(small_checkpoint), small_checkpoint, [row])
-    args = ["--samples", "--n", "3", "--seed", "4", "--data-dir", mnist_dir]
-    assert plot_cli(tmp_path, small_checkpoint, *args) == ["samples.png"]
-    model = plot_latents.load_model(small_checkpoint)
+        save_run(model, small_checkpoint, [history_row(1, 50, 45, 5, 49, 44, 5, 1, *units)])
+    assert view("--samples", "--n", "3", "--seed", "4") == ["samples.png"]
     images = train.binarize_once(test_set[0]) if binarized else test_set[0]
     samples, reconstructions = drawn[0].axes
     assert_same_picture(samples, plot_latents.plot_samples(model, n=3, seed=4))
@@ -1539,59 +1474,53 @@ def test_cli_samples_draws_the_prior_and_the_reconstructions_and_says_their_erro
             assert float(printed.group(1)) == pytest.approx(error, abs=0.006)
 
 
-def test_cli_interpolate_draws_pairs_of_different_digits(
-    tmp_path, small_checkpoint, mnist_dir, test_set, drawn, capsys
-):
+def test_cli_interpolate_draws_pairs_of_different_digits(view, test_set, drawn, capsys):
     # Catches: flags lost, pairs of one digit, rows other than the printed pairs.
-    args = ["--interpolate", "--data-dir", mnist_dir]
-    written = plot_cli(tmp_path, small_checkpoint, *args, "--n", "4", "--seed", "3")
-    assert written == ["interpolation.png"]
+    assert view("--interpolate", "--n", "4", "--seed", "3") == ["interpolation.png"]
     images, labels = test_set
     printed = re.findall(r"(\d+) \((\d)\) to (\d+) \((\d)\)", capsys.readouterr().out)
     pairs = [[int(v) for v in pair] for pair in printed]
     assert len(pairs) == 6
     assert all(labels[a] == la and labels[b] == lb != la for a, la, b, lb in pairs)
-    start = [a for a, *_ in pairs]
-    end = [b for _, _, b, _ in pairs]
-    model = plot_latents.load_model(small_checkpoint)
+    start, end = [a for a, *_ in pairs], [b for _, _, b, _ in pairs]
+    model = small_vae(hidden=32)
     expected = plot_latents.plot_interpolation(model, images[start], images[end], n=4)
     assert_same_picture(drawn[0].axes[0], expected)
-    plot_cli(tmp_path, small_checkpoint, *args, "--seed", "4")
+    view("--interpolate", "--seed", "4")
     again = re.findall(r"(\d+) \(\d\) to (\d+)", capsys.readouterr().out)
     assert again != [(str(a), str(b)) for a, b in zip(start, end)]
 
 
-def test_cli_posterior_and_marginals(
-    tmp_path, small_checkpoint, mnist_dir, test_set, drawn, capsys
-):
-    # Catches: flags lost, images other than those printed, a wide model's panels ill chosen.
-    args = ["--posterior", "--n", "3", "--seed", "2", "--data-dir", mnist_dir]
-    assert plot_cli(tmp_path, small_checkpoint, *args) == ["posterior.png"]
-    model = plot_latents.load_model(small_checkpoint)
+def test_cli_posterior_draws_the_images_it_names(view, test_set, drawn, capsys):
+    # Catches: flags lost, images other than those printed.
+    assert view("--posterior", "--n", "3", "--seed", "2") == ["posterior.png"]
     images, labels = test_set
-    expected = plot_latents.plot_posterior_draws(model, images[:8], 3, 2)
+    expected = plot_latents.plot_posterior_draws(small_vae(hidden=32), images[:8], 3, 2)
     assert_same_picture(drawn[0].axes[0], expected)
     assert f"digits {', '.join(map(str, labels[:8].tolist()))}" in capsys.readouterr().out
-    plot_cli(tmp_path, small_checkpoint, "--marginals", "--data-dir", mnist_dir)
-    assert [ax.get_xlabel() for ax in drawn[1].axes] == [f"latent dimension {k}" for k in range(3)]
+
+
+def test_cli_marginals_draw_each_dimension_or_the_16_that_spread_most(
+    view, tmp_path, mnist_dir, drawn, capsys
+):
+    # Catches: a panel missing or of the wrong dimension, a wide model's panels ill chosen.
+    view("--marginals")
+    assert [ax.get_xlabel() for ax in drawn[0].axes] == [f"latent dimension {k}" for k in range(3)]
     wide = small_vae(z_dims=20, hidden=32)
     with torch.no_grad():
         wide.mu.weight[[3, 17]] *= 50  # two dimensions in use among twenty
     save_run(wide, tmp_path / "wide.pt")
     plot_cli(tmp_path, str(tmp_path / "wide.pt"), "--marginals", "--data-dir", mnist_dir)
-    shown = [ax.get_xlabel() for ax in drawn[2].axes]
+    shown = [ax.get_xlabel() for ax in drawn[1].axes]
     assert len(shown) == 16 and {"latent dimension 3", "latent dimension 17"} <= set(shown)
     assert "the 16 of 20 whose means spread most" in capsys.readouterr().out
 
 
-def test_cli_means_draws_decoded_means_beside_prior_samples(
-    tmp_path, small_checkpoint, mnist_dir, test_set, drawn, capsys
-):
+def test_cli_means_draws_decoded_means_beside_prior_samples(view, test_set, drawn, capsys):
     # Catches: --means not written, or drawing other images than the 8 it names.
-    flags = ["--means", "--n", "3", "--seed", "2", "--data-dir", mnist_dir]
-    assert plot_cli(tmp_path, small_checkpoint, *flags) == ["means.png"]
-    model = plot_latents.load_model(small_checkpoint)
+    assert view("--means", "--n", "3", "--seed", "2") == ["means.png"]
     left, right = drawn[0].axes
+    model = small_vae(hidden=32)
     assert_same_picture(left, plot_latents.plot_decoded_means(model, test_set[0][:8], 3, 2))
     assert_same_picture(right, plot_latents.plot_samples(model, 3, 2))
     assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
@@ -1729,8 +1658,6 @@ def test_plot_ctrl_c_ends_quietly(tmp_path, small_checkpoint, monkeypatch, termi
 
 
 # ---------------------------------------------------------------- README.md and docs/
-
-
 @pytest.fixture
 def notebook_folder(tmp_path, mnist_dir, monkeypatch):
     """A folder as a student's notebook sees it: the data in data/, the scripts importable."""
