@@ -111,8 +111,7 @@ def one_thread_and_no_figures():
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    """MNIST/raw and FashionMNIST/raw as torchvision expects them: 320 train and 64 test images,
-    ten blocky shapes shifted a little, of uneven brightness."""
+    """MNIST/raw and FashionMNIST/raw: 320 train and 64 test images of ten blocky shapes."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     for folder in ("MNIST", "FashionMNIST"):
@@ -125,10 +124,8 @@ def mnist_dir(tmp_path_factory):
             brightness = rng.uniform(100, 255, images.shape)
             for name, array in (("images-idx3", images * brightness), ("labels-idx1", labels)):
                 sizes = b"".join(n.to_bytes(4, "big") for n in array.shape)  # IDX: big-endian
-                header = bytes([0, 0, 0x08, array.ndim]) + sizes
-                (raw / f"{prefix}-{name}-ubyte").write_bytes(
-                    header + array.astype(np.uint8).tobytes()
-                )
+                data = bytes([0, 0, 0x08, array.ndim]) + sizes + array.astype(np.uint8).tobytes()
+                (raw / f"{prefix}-{name}-ubyte").write_bytes(data)
     return str(root)
 
 
@@ -160,7 +157,6 @@ def figures(rows):
 
 
 def seeded(seed):
-    """A CPU generator seeded with seed."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -187,8 +183,7 @@ def at_vae_pt(tmp_path, mnist_dir, *flags):
 
 @pytest.fixture
 def terminal(monkeypatch, capsys):
-    """terminal(script, *flags) runs a script as a terminal does, in this process (so that patches
-    reach it): (exit status, stdout, stderr), which holds no traceback."""
+    """terminal(script, *flags): (exit status, stdout, stderr) of the script run in this process."""
 
     def run(script, *flags):
         monkeypatch.setattr(sys, "argv", [script, *flags])
@@ -262,7 +257,6 @@ def title(ax):
 
 
 def texts(artists):
-    """The texts of tick labels, legend entries and the like."""
     return [artist.get_text() for artist in artists]
 
 
@@ -671,13 +665,8 @@ def test_a_save_stopped_halfway_leaves_the_last_checkpoint_whole(tmp_path):
     path = str(tmp_path / "vae.pt")
     kept = VAE().state_dict()
     torch.save(kept, path)
-
-    def half_then_ctrl_c(f):
-        f.write(b"half a checkpoint")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train.write_atomically(path, half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # half a checkpoint written, then Ctrl-C
+        train.write_atomically(path, lambda f: f.write(b"half a checkpoint") and interrupt())
     assert same_weights(load(path), kept)
 
 
@@ -860,22 +849,16 @@ def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
     assert all(p.grad is None for p in model.parameters())
 
 
-SAID = {  # --threads, and how train.py's device line says the threads are chosen
-    "3": "device: cpu (3 threads)\n",
-    "auto": "device: cpu (threads: each epoch runs on the fastest of 1, 2 and 4 the CPUs allow)\n",
-}
-
-
-@pytest.mark.parametrize("threads", SAID)
-def test_threads_are_set_while_training_and_said(
-    tmp_path, mnist_dir, monkeypatch, terminal, threads
-):
+@pytest.mark.parametrize("threads", ["3", "auto"])
+def test_training_sets_and_says_its_threads(tmp_path, mnist_dir, monkeypatch, terminal, threads):
     # Catches: --threads ignored or unsaid, a notebook left with the training's thread count.
     set_to = threads_set(monkeypatch)
     flags = [] if threads == "auto" else ["--threads", threads]  # auto: the default
     args = at_vae_pt(tmp_path, mnist_dir, "--epochs", "1", "--batch-size", "32", *flags)
     status, out, _ = terminal("train.py", *args)
-    assert status == 0 and SAID[threads] in out
+    auto = "threads: each epoch runs on the fastest of 1, 2 and 4 the CPUs allow"
+    said = auto if threads == "auto" else "3 threads"
+    assert status == 0 and f"device: cpu ({said})\n" in out
     assert torch.get_num_threads() == 1 == set_to[-1]  # put back
     ran_on = int(re.search(r"s on (\d) threads?\n", out).group(1))
     assert ran_on == set_to[-2] and ran_on in ([1, 2] if threads == "auto" else [3])
@@ -901,8 +884,9 @@ BOUND_ROW = re.compile(r"^ +(\d+) +([\d.]+)(?: +([\d.]+))?$", re.M)
 
 
 @pytest.mark.parametrize("recon", ["mse", "bce"])
-def test_iwae_prints_the_table_of_bounds(tmp_path, mnist_dir, test_set, capsys, recon):
-    # Catches: --iwae ignored, printed figures not iwae_table's or off the -ELBO's scale.
+def test_iwae_prints_the_table_of_mean_bounds(tmp_path, mnist_dir, test_set, capsys, recon):
+    # Catches: --iwae ignored, printed figures not iwae_table's or off the -ELBO's scale, a table
+    # that is not the mean of -L_k or whose sizes miss k_max.
     flags = ["--recon", recon, "--iwae", "20"] + (["--binarize"] if recon == "bce" else [])
     model = plot_latents.load_model(run_train(tmp_path, mnist_dir, *flags))
     out = capsys.readouterr().out
@@ -921,20 +905,6 @@ def test_iwae_prints_the_table_of_bounds(tmp_path, mnist_dir, test_set, capsys, 
     assert gap == pytest.approx(table[1] - table[20], abs=0.006) and gap > 0
     last_epoch = printed_epochs(out)[-1][3]  # one z per image, other draws
     assert rows[0][1] - constant == pytest.approx(last_epoch, abs=1.0)
-
-
-def test_a_plain_autoencoder_prints_no_bound(tmp_path, mnist_dir, capsys):
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--beta", "0")
-    out = capsys.readouterr().out
-    assert "-L_k" not in out and "--beta 0: a plain autoencoder" in out
-
-
-@pytest.mark.parametrize("recon", ["mse", "bce"])
-def test_the_iwae_table_is_the_mean_of_minus_l_k_over_the_images(recon):
-    # Catches: a table that is not the mean of -L_k, sizes that miss k_max.
-    model = narrow_posteriors()
-    test_images = torch.rand(64, 784)
-    test_images = (test_images > 0.5).float() if recon == "bce" else test_images
     generator = seeded(0)
     expected = {1: 0.0, 10: 0.0}
     for start in (0, 40):
@@ -944,6 +914,12 @@ def test_the_iwae_table_is_the_mean_of_minus_l_k_over_the_images(recon):
     table = train.iwae_table(model, test_images, 10, recon, batch_size=40)
     assert table == pytest.approx({k: v / 64 for k, v in expected.items()})
     assert list(train.iwae_table(model, test_images[:5], 1000)) == [1, 10, 100, 1000]
+
+
+def test_a_plain_autoencoder_prints_no_bound(tmp_path, mnist_dir, capsys):
+    run_train(tmp_path, mnist_dir, "--epochs", "1", "--beta", "0")
+    out = capsys.readouterr().out
+    assert "-L_k" not in out and "--beta 0: a plain autoencoder" in out
 
 
 Log = type("Log", (io.StringIO,), {})  # a file or a pipe: no terminal
@@ -1582,23 +1558,18 @@ BAD_PLOT_FLAGS = {
     "two views": (["--scatter", "--samples"], "not allowed with"),
     "curves and a view": (["--curves", "--posterior"], "not allowed with"),
     "a dataset unknown": (["--dataset", "cifar"], "argument --dataset"),
+    "out in a missing folder": (["--out", "nowhere/x.png"], "in a folder that exists"),
+    "out a folder": (["--out", "."], "in a folder that exists"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_PLOT_FLAGS)
-def test_plot_bad_flags_are_refused(tmp_path, small_checkpoint, terminal, case):
-    # Catches: a nonsense pair plotted, negative indices read from the end.
+def test_plot_bad_flags_are_refused(tmp_path, small_checkpoint, monkeypatch, terminal, case):
+    # Catches: a nonsense pair plotted, negative indices read from the end, an unwritable --out.
+    monkeypatch.chdir(tmp_path)  # where --out's folders lie
     flags, message = BAD_PLOT_FLAGS[case]
     code = 2 if message.startswith(("argument", "not allowed")) else 1
     assert message in refused_plot(terminal, tmp_path, small_checkpoint, *flags, code=code)
-
-
-@pytest.mark.parametrize("out", ["nowhere/x.png", "folder/"], ids=["a missing folder", "a folder"])
-def test_plot_an_out_that_cannot_be_written_is_refused(tmp_path, small_checkpoint, terminal, out):
-    (tmp_path / "folder").mkdir()
-    flags = ["--out", str(tmp_path / out)]
-    line = refused_plot(terminal, tmp_path, small_checkpoint, *flags)
-    assert "folder that exists" in line
 
 
 def test_cli_refuses_the_resume_state_naming_the_checkpoint_beside_it(
@@ -1618,7 +1589,6 @@ class RunsCode(str):
 
 
 def holding(state):
-    """What makes a checkpoint that holds state."""
     return lambda path: torch.save(state, path)
 
 
@@ -1718,7 +1688,6 @@ real_kl = vae.kl_divergence
 vae.kl_divergence = lambda mu, logvar: time.sleep(0.01) or real_kl(mu, logvar)
 slow = train.main('--epochs 3 --batch-size 2 --out slow.pt --iwae 0 --device cpu --threads 1')
 vae.kl_divergence = real_kl"""  # 160 steps of 10 ms or more: epochs of about 2 s
-
 CTRL_C_IN_EPOCH_2 = """real, calls = train.train_epoch, []
 def ctrl_c_in_epoch_2(*args, **kwargs):
     calls.append(1)
@@ -1730,17 +1699,14 @@ kept = train.main(['--epochs', '3', '--device', 'cpu', '--out', 'stopped.pt'])
 train.train_epoch = real
 print(type(kept).__name__)"""
 STOPPED = 'stopped.csv hold epoch 1; train.main("--resume --out stopped.pt") goes on from there\nre'
-
 FIRST_CELL = """import matplotlib.pyplot as plt
 import train, plot_latents
 model = train.main(['--epochs', '1', '--device', 'cpu', '--threads', '1'])
 images, labels = train.load_mnist('data', train=False)"""
-
 SIDE_BY_SIDE = """fig, (left, right) = plt.subplots(1, 2)
 plot_latents.plot_samples(model, ax=left)
 mu = plot_latents.posterior_stats(model, images)[0]
 plot_latents.plot_posterior_means(mu, labels, ax=right)"""
-
 KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a text it must show
     (FIRST_CELL, 0, "saved vae.pt and vae.csv"),
     ("plot_latents.plot_samples(model)", 1, None),
@@ -1775,16 +1741,11 @@ def kernel_cells(tmp_path_factory, mnist_dir):
     return notebook.cells[1:]
 
 
-def test_in_a_real_jupyter_kernel_each_call_shows_one_picture(kernel_cells):
-    # Catches: a figure shown twice or not at all, a switched backend.
-    pictures = [
-        sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in kernel_cells
-    ]
-    assert pictures == [count for _, count, _ in KERNEL_CELLS]
-
-
-def test_in_a_real_jupyter_kernel_each_cell_says_what_it_did(kernel_cells):
-    # Catches: a hidden bar, SystemExit on a bad flag, Ctrl-C losing the model or the way on.
+def test_in_a_real_jupyter_kernel_each_cell_shows_and_says_what_it_should(kernel_cells):
+    # Catches: a figure shown twice or not at all, a switched backend, a hidden bar, SystemExit on
+    # a bad flag, Ctrl-C losing the model or the way on.
+    shown = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in kernel_cells]
+    assert shown == [count for _, count, _ in KERNEL_CELLS]  # pictures
     for cell, (_, _, text) in zip(kernel_cells, KERNEL_CELLS):
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         said = "".join(o.get("text", "") for o in cell.outputs) + "".join(errors)
