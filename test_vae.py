@@ -432,6 +432,14 @@ def test_iwae_bound_rises_with_k_to_log_p_x_by_numerical_integration(kind):
 
 # ---------------------------------------------------------------- train.py
 DEFAULTS = dict(epochs=2, batch_size=32, lr=1e-3, z_dims=4, hidden=128, beta=1.0, recon="mse")
+EPOCH_LINE = re.compile(
+    r"epoch \d+/\d+  train (-ELBO|loss) ([\d.]+) \(recon ([\d.]+) \+ (?:([\d.]+) x )?KL ([\d.]+)\)"
+    r"  test -ELBO ([\d.]+) \(recon ([\d.]+) \+ KL ([\d.]+)\)  [\d.]+s on (\d) threads?"
+)
+SETTINGS = ["--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--z-dims", "3", "--hidden"]
+SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7"]
+CHANGED = dict(epochs=3, batch_size=50, lr=3e-3, z_dims=3, hidden=32, beta=0.5, recon="bce")
+CHANGED.update(binarize=True, seed=7)  # each differs from its default; the last batch is partial
 
 
 def train_by_hand(images, test_images, binarize=False, seed=0, **flags):
@@ -468,21 +476,9 @@ def train_by_hand(images, test_images, binarize=False, seed=0, **flags):
     return model, figures
 
 
-EPOCH_LINE = re.compile(
-    r"epoch \d+/\d+  train (-ELBO|loss) ([\d.]+) \(recon ([\d.]+) \+ (?:([\d.]+) x )?KL ([\d.]+)\)"
-    r"  test -ELBO ([\d.]+) \(recon ([\d.]+) \+ KL ([\d.]+)\)  [\d.]+s on (\d) threads?"
-)
-
-
 def printed_epochs(out):
     """The figures of each epoch line: train loss, recon, KL, test -ELBO, recon, KL."""
     return [[float(m[k]) for k in (2, 3, 5, 6, 7, 8)] for m in EPOCH_LINE.finditer(out)]
-
-
-SETTINGS = ["--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--z-dims", "3", "--hidden"]
-SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7"]
-CHANGED = dict(epochs=3, batch_size=50, lr=3e-3, z_dims=3, hidden=32, beta=0.5, recon="bce")
-CHANGED.update(binarize=True, seed=7)  # each differs from its default; the last batch is partial
 
 
 @pytest.mark.parametrize("changed", [False, True], ids=["defaults", "every flag changed"])
@@ -545,6 +541,25 @@ def refused_before_training(terminal, folder, *flags, code=1):
 BAD_FLAGS = ["--epochs 0", "--epochs two", "--batch-size -1", "--z-dims 0", "--hidden 0"]
 BAD_FLAGS += ["--lr nan", "--lr 0", "--lr inf", "--beta -1", "--recon l1", "--device tpu"]
 BAD_FLAGS += ["--seed -1", f"--seed {2**64}", "--iwae -1", "--threads 0", "--dataset cifar"]
+WRITABLE = "give a file name in a folder that exists"
+INSIDE = "is inside the data: give the folder that holds MNIST/raw"
+FASHION = "no FashionMNIST in nodata/FashionMNIST/raw, and no download: copy its four"
+UNUSABLE = {  # flags for what train.py cannot use, and what it says
+    "--device cuda": "--device cuda: torch 2",
+    "--device mps": "--device mps: torch 2",
+    "--out missing/vae.pt": f"--out missing/vae.pt: {WRITABLE}",
+    "--out .": f"--out .: {WRITABLE}",
+    "--data-dir data/MNIST": f"--data-dir data/MNIST {INSIDE}",
+    "--data-dir data/MNIST/raw": f"--data-dir data/MNIST/raw {INSIDE}",
+    "--data-dir nodata": "no MNIST in nodata/MNIST/raw, and no download: copy its four",
+    "--data-dir nodata --dataset fashion": FASHION,
+}
+DAMAGES = {
+    "cut short": lambda b: b[:5000],
+    "empty": lambda b: b"",
+    "gzipped": gzip.compress,
+    "a web page": lambda b: b"<html><body>Not Found</body></html>",
+}
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS)
@@ -559,21 +574,6 @@ def test_a_misspelt_flag_is_refused(data_folder, terminal):
     assert "unrecognized arguments: --zdims 2" in line
 
 
-WRITABLE = "give a file name in a folder that exists"
-INSIDE = "is inside the data: give the folder that holds MNIST/raw"
-FASHION = "no FashionMNIST in nodata/FashionMNIST/raw, and no download: copy its four"
-UNUSABLE = {  # flags for what train.py cannot use, and what it says
-    "--device cuda": "--device cuda: torch 2",
-    "--device mps": "--device mps: torch 2",
-    "--out missing/vae.pt": f"--out missing/vae.pt: {WRITABLE}",
-    "--out .": f"--out .: {WRITABLE}",
-    "--data-dir data/MNIST": f"--data-dir data/MNIST {INSIDE}",
-    "--data-dir data/MNIST/raw": f"--data-dir data/MNIST/raw {INSIDE}",
-    "--data-dir nodata": "no MNIST in nodata/MNIST/raw, and no download: copy its four",
-    "--data-dir nodata --dataset fashion": FASHION,
-}
-
-
 @pytest.mark.parametrize("flags", UNUSABLE)
 def test_a_device_or_path_that_cannot_be_used_is_refused_with_the_fix(data_folder, terminal, flags):
     # Catches: a silent fall back to the CPU, an epoch lost to an --out that cannot be written, a
@@ -583,14 +583,6 @@ def test_a_device_or_path_that_cannot_be_used_is_refused_with_the_fix(data_folde
         pytest.skip("this machine has the device")
     line = refused_before_training(terminal, data_folder, *flags.split())
     assert UNUSABLE[flags] in line and len(line) < 130  # one short sentence and the fix
-
-
-DAMAGES = {
-    "cut short": lambda b: b[:5000],
-    "empty": lambda b: b"",
-    "gzipped": gzip.compress,
-    "a web page": lambda b: b"<html><body>Not Found</body></html>",
-}
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -678,6 +670,14 @@ def the_files(tmp_path):
 
 
 RESUMED = ["--binarize", "--z-dims", "3", "--iwae", "0"]  # binary pixels: more random state
+REFUSED_ON_RESUME = {  # a flag that would change the weights, and what the refusal says
+    "--z-dims 8": "was trained with --z-dims 4; leave --z-dims out",
+    "--lr 0.01": "was trained with --lr 0.001; leave --lr out",
+    "--binarize": "was trained with --binarize False",
+    "--seed 1": "was trained with --seed 0",
+    "--batch-size 64": "was trained with --batch-size 32",
+    "--dataset fashion": "was trained with --dataset mnist",
+}
 
 
 class Killed(BaseException):
@@ -709,16 +709,6 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     assert f"resuming {resumed} after epoch 1" in out and epochs == ["epoch 2/3", "epoch 3/3"]
     assert same_weights(load(resumed), load(straight))
     assert figures(history(tmp_path / "vae.csv")) == figures(history(tmp_path / "straight.csv"))
-
-
-REFUSED_ON_RESUME = {  # a flag that would change the weights, and what the refusal says
-    "--z-dims 8": "was trained with --z-dims 4; leave --z-dims out",
-    "--lr 0.01": "was trained with --lr 0.001; leave --lr out",
-    "--binarize": "was trained with --binarize False",
-    "--seed 1": "was trained with --seed 0",
-    "--batch-size 64": "was trained with --batch-size 32",
-    "--dataset fashion": "was trained with --dataset mnist",
-}
 
 
 @pytest.mark.parametrize("flags", REFUSED_ON_RESUME)
@@ -881,6 +871,14 @@ def test_the_same_seed_gives_the_same_weights_and_bound_on_any_thread_count(digi
 
 # ---------------------------------------------------------------- train.py: the bound, progress
 BOUND_ROW = re.compile(r"^ +(\d+) +([\d.]+)(?: +([\d.]+))?$", re.M)
+Log = type("Log", (io.StringIO,), {})  # a file or a pipe: no terminal
+Terminal = type("Terminal", (io.StringIO,), {"isatty": lambda self: True})
+STREAMS = {  # stdout, stderr, and where the bar shows
+    "stdout to a log": (Log, Terminal, "stderr"),
+    "a terminal": (Terminal, Terminal, "stderr"),
+    "stderr to a log": (Terminal, Log, None),
+    "both to a log": (Log, Log, None),
+}
 
 
 @pytest.mark.parametrize("recon", ["mse", "bce"])
@@ -922,16 +920,6 @@ def test_a_plain_autoencoder_prints_no_bound(tmp_path, mnist_dir, capsys):
     assert "-L_k" not in out and "--beta 0: a plain autoencoder" in out
 
 
-Log = type("Log", (io.StringIO,), {})  # a file or a pipe: no terminal
-Terminal = type("Terminal", (io.StringIO,), {"isatty": lambda self: True})
-STREAMS = {  # stdout, stderr, and where the bar shows
-    "stdout to a log": (Log, Terminal, "stderr"),
-    "a terminal": (Terminal, Terminal, "stderr"),
-    "stderr to a log": (Terminal, Log, None),
-    "both to a log": (Log, Log, None),
-}
-
-
 @pytest.mark.parametrize("streams", STREAMS)
 def test_progress_bar_shows_on_a_terminal_only_and_is_erased(digits, monkeypatch, streams):
     # Catches: a bar that fills a log, never shows, or stays on screen after each epoch or table.
@@ -971,6 +959,23 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
 
 # ---------------------------------------------------------------- plot_latents.py: the pictures
 QUANTILES = Normal(0.0, 1.0).icdf((torch.arange(5) + 0.5) / 5)  # at the centres of 5 tiles
+HISTORY = [  # as train.py writes it: 3 epochs at --beta 0.5
+    history_row(1, 50.0, 45.0, 10.0, 47.0, 40.0, 7.0, 1.5, 448.7341, 0),
+    history_row(2, 40.0, 36.0, 8.0, 38.5, 33.0, 5.5, 1.4, 448.7341, 0),
+    history_row(3, 35.0, 32.0, 6.0, 34.0, 29.5, 4.5, 1.3, 448.7341, 0),
+]
+IMAGES = torch.rand(50, 1, 28, 28)  # the plots take (N, 784) as well: see their own tests
+PLOTS = {  # each public function that takes a model, and its arguments after the model
+    "plot_latents": (plot_latents.plot_latents, ()),
+    "plot_samples": (plot_latents.plot_samples, ()),
+    "plot_decoded_means": (plot_latents.plot_decoded_means, (IMAGES[:5],)),
+    "plot_reconstructions": (plot_latents.plot_reconstructions, (IMAGES,)),
+    "plot_interpolation": (plot_latents.plot_interpolation, (IMAGES[:2], IMAGES[2:4])),
+    "plot_posterior_draws": (plot_latents.plot_posterior_draws, (IMAGES[:3],)),
+    "plot_marginals": (plot_latents.plot_marginals, (IMAGES, 1)),
+    "plot_posterior_means": (plot_latents.plot_posterior_means, ()),
+    "plot_curves": (plot_latents.plot_curves, ()),
+}
 
 
 @pytest.mark.parametrize(
@@ -1130,27 +1135,6 @@ def test_defaults_agree_between_functions_and_the_command_line():
         assert inspect.signature(plot).parameters["n"].default == n
 
 
-HISTORY = [  # as train.py writes it: 3 epochs at --beta 0.5
-    history_row(1, 50.0, 45.0, 10.0, 47.0, 40.0, 7.0, 1.5, 448.7341, 0),
-    history_row(2, 40.0, 36.0, 8.0, 38.5, 33.0, 5.5, 1.4, 448.7341, 0),
-    history_row(3, 35.0, 32.0, 6.0, 34.0, 29.5, 4.5, 1.3, 448.7341, 0),
-]
-
-
-IMAGES = torch.rand(50, 1, 28, 28)  # the plots take (N, 784) as well: see their own tests
-PLOTS = {  # each public function that takes a model, and its arguments after the model
-    "plot_latents": (plot_latents.plot_latents, ()),
-    "plot_samples": (plot_latents.plot_samples, ()),
-    "plot_decoded_means": (plot_latents.plot_decoded_means, (IMAGES[:5],)),
-    "plot_reconstructions": (plot_latents.plot_reconstructions, (IMAGES,)),
-    "plot_interpolation": (plot_latents.plot_interpolation, (IMAGES[:2], IMAGES[2:4])),
-    "plot_posterior_draws": (plot_latents.plot_posterior_draws, (IMAGES[:3],)),
-    "plot_marginals": (plot_latents.plot_marginals, (IMAGES, 1)),
-    "plot_posterior_means": (plot_latents.plot_posterior_means, ()),
-    "plot_curves": (plot_latents.plot_curves, ()),
-}
-
-
 def plot_and_arguments(name, model):
     """PLOTS' function of that name, and what it takes before ax, for this model."""
     plot, args = PLOTS[name]
@@ -1192,9 +1176,7 @@ def test_each_plot_stays_readable_twice_side_by_side(name):
         labels += [ax.title, ax.xaxis.label, ax.yaxis.label]
         labels += ax.get_legend().get_texts() if ax.get_legend() else []
         if ax.axison:  # the labels of the ticks drawn
-            labels += [
-                tick.label1 for axis in (ax.xaxis, ax.yaxis) for tick in axis._update_ticks()
-            ]
+            labels += [tick.label1 for tick in ax.xaxis._update_ticks() + ax.yaxis._update_ticks()]
     shown = [label for label in labels if label.get_visible() and label.get_text()]
     boxes = [(label.get_text(), label.get_window_extent()) for label in shown]
     for k, (text, box) in enumerate(boxes):
@@ -1263,19 +1245,15 @@ def test_the_curves_axis_says_what_the_figures_measure(units, label):
 @pytest.mark.parametrize(
     "other", [{"nats_left_out": 0, "binarized": 1}, {"dataset": "fashion"}], ids=["units", "data"]
 )
-def test_curves_in_other_units_or_of_other_data_are_not_overlaid(other):
+def test_curves_in_other_units_or_of_other_data_are_refused_not_overlaid(tmp_path, terminal, other):
     # Catches: curves in other units, or of other data, drawn as if they compared.
-    ax = plot_latents.plot_curves(HISTORY)
-    with pytest.raises(ValueError, match="is in .*, the curves drawn in MNIST: nats per image, le"):
-        plot_latents.plot_curves([{**row, **other} for row in HISTORY], ax=ax, label="other")
-
-
-def test_curves_of_two_data_sets_are_refused_on_the_command_line(tmp_path, terminal):
     write_histories(tmp_path)
-    save_run(VAE(), tmp_path / "fashion.pt", [{**row, "dataset": "fashion"} for row in HISTORY])
-    flags = ["--curves", str(tmp_path / "vae.csv"), str(tmp_path / "fashion.csv")]
-    line = refused(terminal, "plot_latents.py", *flags, "--out", "c.png")
-    assert "fashion.csv is in FashionMNIST: nats" in line and "drawn in MNIST: nats" in line
+    save_run(VAE(), tmp_path / "other.pt", [{**row, **other} for row in HISTORY])
+    flags = ["--curves", str(tmp_path / "vae.csv"), str(tmp_path / "other.csv")]
+    line = refused_plot(terminal, tmp_path, "vae.pt", *flags)
+    named = "FashionMNIST: nats" if "dataset" in other else "MNIST: nats per image (binarized"
+    assert f"other.csv is in {named}" in line
+    assert ", the curves drawn in MNIST: nats per image, less 448.73" in line
 
 
 def test_a_students_own_history_of_some_columns_draws():
@@ -1313,9 +1291,8 @@ def test_bad_histories_are_refused_in_one_line(tmp_path, terminal, case):
     path = tmp_path / "run.csv"
     if content is not None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    picture_path = tmp_path / "c.png"
-    line = refused(terminal, "plot_latents.py", "--curves", str(path), "--out", str(picture_path))
-    assert message in line and str(path) in line and not picture_path.exists()
+    line = refused_plot(terminal, tmp_path, "vae.pt", "--curves", str(path))
+    assert message in line and str(path) in line
 
 
 # ---------------------------------------------------------------- plot_latents.py: the command line
