@@ -276,11 +276,6 @@ def save_run(model, path, rows=()):
     return str(path)
 
 
-def history_row(*values):
-    """A row of train.py's history, its values in HISTORY_COLUMNS' order."""
-    return dict(zip(HISTORY_COLUMNS, values))
-
-
 # ---------------------------------------------------------------- the design card's three checks
 @pytest.mark.parametrize("layout", [(5, 1, 28, 28), (5, 784)], ids=["images", "flat"])
 def test_forward_shapes_for_both_input_layouts(layout):
@@ -670,13 +665,16 @@ def the_files(tmp_path):
 
 
 RESUMED = ["--binarize", "--z-dims", "3", "--iwae", "0"]  # binary pixels: more random state
-REFUSED_ON_RESUME = {  # a flag that would change the weights, and what the refusal says
-    "--z-dims 8": "was trained with --z-dims 4; leave --z-dims out",
-    "--lr 0.01": "was trained with --lr 0.001; leave --lr out",
-    "--binarize": "was trained with --binarize False",
-    "--seed 1": "was trained with --seed 0",
-    "--batch-size 64": "was trained with --batch-size 32",
-    "--dataset fashion": "was trained with --dataset mnist",
+REFUSED_AT_A_SAVED_RUN = {  # flags for the --out of a saved run of 2 epochs, and what train.py says
+    "--resume --z-dims 8": "--resume: {out} was trained with --z-dims 4; leave --z-dims out",
+    "--resume --lr 0.01": "--resume: {out} was trained with --lr 0.001; leave --lr out",
+    "--resume --binarize": "--resume: {out} was trained with --binarize False",
+    "--resume --seed 1": "--resume: {out} was trained with --seed 0",
+    "--resume --batch-size 64": "--resume: {out} was trained with --batch-size 32",
+    "--resume --dataset fashion": "--resume: {out} was trained with --dataset mnist",
+    "--z-dims 2": "{out} was trained with --z-dims 4; to go on with it: {go_on} --data-dir {data};",
+    "--epochs 3": "holds 2 epochs of this run; to go on: {go_on} --epochs 3 --data-dir {data};",
+    "--epochs 1": "{out} holds 2 epochs, more than --epochs 1;",
 }
 
 
@@ -711,15 +709,21 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     assert figures(history(tmp_path / "vae.csv")) == figures(history(tmp_path / "straight.csv"))
 
 
-@pytest.mark.parametrize("flags", REFUSED_ON_RESUME)
-def test_resume_refuses_a_flag_that_would_change_the_weights(tmp_path, mnist_dir, terminal, flags):
-    # Catches: such a flag dropped or obeyed on resume.
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
+@pytest.mark.parametrize("flags", REFUSED_AT_A_SAVED_RUN)
+def test_a_saved_run_is_only_gone_on_with_by_resume_as_it_was_trained(
+    tmp_path, mnist_dir, terminal, flags
+):
+    # Catches: a saved run replaced or trained on without --resume, a flag that would change its
+    # weights dropped or obeyed on resume, a refusal without the command that goes on.
+    run_train(tmp_path, mnist_dir, "--iwae", "0")
     before = the_files(tmp_path)
-    line = refused(
-        terminal, "train.py", *at_vae_pt(tmp_path, mnist_dir, "--resume", *flags.split())
-    )
-    assert line.startswith("train.py: error: --resume: ") and REFUSED_ON_RESUME[flags] in line
+    args = at_vae_pt(tmp_path, mnist_dir, "--batch-size", "32", "--threads", "1", *flags.split())
+    line = refused(terminal, "train.py", *args)
+    out = tmp_path / "vae.pt"
+    go_on = f"python train.py --resume --out {out}"
+    said = REFUSED_AT_A_SAVED_RUN[flags].format(out=out, go_on=go_on, data=mnist_dir)
+    assert line.startswith("train.py: error: ") and said in line
+    assert line.endswith("give --out a new name for a new run")
     assert the_files(tmp_path) == before
 
 
@@ -733,29 +737,11 @@ def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_d
         assert same_weights(load(again), model) and the_files(tmp_path) == before
 
 
-@pytest.mark.parametrize("epochs", ["2", "1"], ids=["more epochs", "fewer epochs"])
-def test_other_epochs_never_replace_a_saved_run(tmp_path, mnist_dir, terminal, epochs):
-    # Catches: a saved run replaced or trained on without --resume.
-    run_train(tmp_path, mnist_dir, "--epochs", "2" if epochs == "1" else "1", "--iwae", "0")
-    before = the_files(tmp_path)
-    args = at_vae_pt(tmp_path, mnist_dir, "--batch-size", "32", "--epochs", epochs)
-    line = refused(terminal, "train.py", *args, "--threads", "1")
-    out = tmp_path / "vae.pt"
-    go_on = f"to go on: python train.py --resume --out {out} --epochs 2 --data-dir {mnist_dir};"
-    assert (go_on if epochs == "2" else "holds 2 epochs, more than --epochs 1;") in line
-    assert "give --out a new name for a new run" in line and the_files(tmp_path) == before
-
-
-def test_a_new_run_never_replaces_another_saved_run(tmp_path, mnist_dir, terminal):
-    # Catches: a saved run destroyed by a rerun with other flags.
+def test_a_checkpoint_without_its_resume_state_is_never_replaced(tmp_path, mnist_dir, terminal):
+    # Catches: a checkpoint from elsewhere destroyed by a new run.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     before = the_files(tmp_path)
-    out = tmp_path / "vae.pt"
-    line = refused(terminal, "train.py", *at_vae_pt(tmp_path, mnist_dir, "--z-dims", "2"))
-    go_on = f"python train.py --resume --out {out} --data-dir {mnist_dir}"
-    assert f"{out} was trained with --z-dims 4; to go on with it: {go_on}; or give --out" in line
-    assert the_files(tmp_path) == before
-    (tmp_path / "vae.resume.pt").unlink()  # a checkpoint from elsewhere
+    (tmp_path / "vae.resume.pt").unlink()
     line = refused(terminal, "train.py", *at_vae_pt(tmp_path, mnist_dir))
     assert "vae.pt exists without the " in line and "give --out a new name" in line
     assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
@@ -809,8 +795,9 @@ PROBES = {  # seconds a pass takes on n threads; the count chosen, and the threa
 
 
 @pytest.mark.parametrize("case", PROBES)
-def test_the_fastest_thread_count_is_chosen_and_a_slower_one_cut_short(monkeypatch, case):
-    # Catches: the slower count kept, counts the CPUs lack tried, a far slower count timed in full.
+def test_the_probe_picks_the_fastest_thread_count_and_leaves_the_model_alone(monkeypatch, case):
+    # Catches: the slower count kept, counts the CPUs lack tried, a far slower count timed in full,
+    # a probe that steps Adam, leaves gradients behind or draws random numbers.
     seconds, chosen, expected = PROBES[case]
     threads_set(monkeypatch, cpus=max(seconds))
     clock = [0.0]
@@ -824,17 +811,12 @@ def test_the_fastest_thread_count_is_chosen_and_a_slower_one_cut_short(monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train.vae, "negative_elbo", timed)
-    assert train.fastest_threads(VAE(), torch.rand(20, 784), 10) == chosen
-    assert torch.get_num_threads() == chosen and counts == expected
-
-
-def test_the_probe_leaves_the_weights_grads_and_random_state_alone(digits):
-    # Catches: a probe that steps Adam, leaves gradients behind or draws random numbers.
-    torch.manual_seed(0)
     model = VAE()
+    images = torch.rand(20, 784)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.get_rng_state()
-    train.fastest_threads(model, digits[0])
+    assert train.fastest_threads(model, images, 10) == chosen
+    assert torch.get_num_threads() == chosen and counts == expected
     assert same_weights(model.state_dict(), before) and torch.equal(torch.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
 
@@ -960,9 +942,9 @@ def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp
 # ---------------------------------------------------------------- plot_latents.py: the pictures
 QUANTILES = Normal(0.0, 1.0).icdf((torch.arange(5) + 0.5) / 5)  # at the centres of 5 tiles
 HISTORY = [  # as train.py writes it: 3 epochs at --beta 0.5
-    history_row(1, 50.0, 45.0, 10.0, 47.0, 40.0, 7.0, 1.5, 448.7341, 0),
-    history_row(2, 40.0, 36.0, 8.0, 38.5, 33.0, 5.5, 1.4, 448.7341, 0),
-    history_row(3, 35.0, 32.0, 6.0, 34.0, 29.5, 4.5, 1.3, 448.7341, 0),
+    dict(zip(HISTORY_COLUMNS, (1, 50.0, 45.0, 10.0, 47.0, 40.0, 7.0, 1.5, 448.7341, 0))),
+    dict(zip(HISTORY_COLUMNS, (2, 40.0, 36.0, 8.0, 38.5, 33.0, 5.5, 1.4, 448.7341, 0))),
+    dict(zip(HISTORY_COLUMNS, (3, 35.0, 32.0, 6.0, 34.0, 29.5, 4.5, 1.3, 448.7341, 0))),
 ]
 IMAGES = torch.rand(50, 1, 28, 28)  # the plots take (N, 784) as well: see their own tests
 PLOTS = {  # each public function that takes a model, and its arguments after the model
@@ -1197,7 +1179,7 @@ def test_a_model_without_one_of_the_four_parts_is_refused_naming_all_four():
 def write_histories(folder):
     """HISTORY as vae.csv, and one epoch of another run as ae.csv."""
     save_run(VAE(), folder / "vae.pt", HISTORY)
-    other = history_row(1, 30.0, 28.0, 90.0, 130.0, 25.0, 105.0, 1.0, 448.7341, 0)
+    other = dict(zip(HISTORY_COLUMNS, (1, 30.0, 28.0, 90.0, 130.0, 25.0, 105.0, 1.0, 448.7341, 0)))
     save_run(VAE(), folder / "ae.pt", [other])
 
 
@@ -1411,7 +1393,8 @@ def test_cli_samples_draw_the_prior_and_reconstructions_and_say_their_error(
     model = small_vae(hidden=32)
     if recon:
         units = [round(vae.log_likelihood_constant(recon), 4), binarized]
-        save_run(model, small_checkpoint, [history_row(1, 50, 45, 5, 49, 44, 5, 1, *units)])
+        row = dict(zip(HISTORY_COLUMNS, (1, 50, 45, 5, 49, 44, 5, 1, *units)))
+        save_run(model, small_checkpoint, [row])
     assert view("--samples", "--n", "3", "--seed", "4") == ["samples.png"]
     images = train.binarize_once(test_set[0]) if binarized else test_set[0]
     samples, reconstructions = drawn[0].axes
@@ -1444,13 +1427,19 @@ def test_cli_interpolate_draws_pairs_of_different_digits(view, test_set, drawn, 
     assert again != [(str(a), str(b)) for a, b in zip(start, end)]
 
 
-def test_cli_posterior_draws_the_images_it_names(view, test_set, drawn, capsys):
-    # Catches: flags lost, images other than those printed.
-    assert view("--posterior", "--n", "3", "--seed", "2") == ["posterior.png"]
+def test_cli_posterior_and_means_draw_the_8_test_images_they_name(view, test_set, drawn, capsys):
+    # Catches: flags lost, images other than those named, the decoded means not beside samples.
     images, labels = test_set
-    expected = plot_latents.plot_posterior_draws(small_vae(hidden=32), images[:8], 3, 2)
+    model = small_vae(hidden=32)
+    assert view("--posterior", "--n", "3", "--seed", "2") == ["posterior.png"]
+    expected = plot_latents.plot_posterior_draws(model, images[:8], 3, 2)
     assert_same_picture(drawn[0].axes[0], expected)
     assert f"digits {', '.join(map(str, labels[:8].tolist()))}" in capsys.readouterr().out
+    assert view("--means", "--n", "3", "--seed", "2") == ["means.png", "posterior.png"]
+    left, right = drawn[1].axes
+    assert_same_picture(left, plot_latents.plot_decoded_means(model, images[:8], 3, 2))
+    assert_same_picture(right, plot_latents.plot_samples(model, 3, 2))
+    assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
 
 
 def test_cli_marginals_draw_each_dimension_or_the_16_that_spread_most(
@@ -1467,16 +1456,6 @@ def test_cli_marginals_draw_each_dimension_or_the_16_that_spread_most(
     shown = [ax.get_xlabel() for ax in drawn[1].axes]
     assert len(shown) == 16 and {"latent dimension 3", "latent dimension 17"} <= set(shown)
     assert "the 16 of 20 whose means spread most" in capsys.readouterr().out
-
-
-def test_cli_means_draws_decoded_means_beside_prior_samples(view, test_set, drawn, capsys):
-    # Catches: --means not written, or drawing other images than the 8 it names.
-    assert view("--means", "--n", "3", "--seed", "2") == ["means.png"]
-    left, right = drawn[0].axes
-    model = small_vae(hidden=32)
-    assert_same_picture(left, plot_latents.plot_decoded_means(model, test_set[0][:8], 3, 2))
-    assert_same_picture(right, plot_latents.plot_samples(model, 3, 2))
-    assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
 
 
 def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside(
@@ -1640,16 +1619,10 @@ def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_
     assert same_weights(namespace["by_hand"].state_dict(), by_main.state_dict())
 
 
-def test_each_link_and_picture_in_the_docs_points_at_something():
-    for name, text in documents():
-        for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)|src=\"([^\"]+)\"", text):
-            target = next(t for t in target if t)
-            where = os.path.join(HERE, os.path.dirname(name), target)
-            assert target.startswith("http") or os.path.exists(where), f"{name}: {target}"
-
-
-def test_each_readme_picture_is_written_by_a_readme_command(notebook_folder, capsys):
-    # Catches: a picture no README command makes, a command that fails.
+def test_each_readme_picture_is_written_by_a_readme_command_and_each_link_resolves(
+    notebook_folder, capsys
+):
+    # Catches: a picture no README command makes, a command that fails, a dead link or picture.
     text = dict(documents())["README.md"]
     commands = re.findall(r"(?:^|`)(python (?:train|plot_latents)\.py[^`\n#]*)", text, re.M)
     for command in dict.fromkeys(command.strip() for command in commands):
@@ -1658,6 +1631,11 @@ def test_each_readme_picture_is_written_by_a_readme_command(notebook_folder, cap
     assert "nothing left to do" in capsys.readouterr().out  # python train.py, after --epochs 10
     shown = re.findall(r"assets/([\w.]+\.png)", text)
     assert shown and all((notebook_folder / name).exists() for name in shown), shown
+    for name, text in documents():
+        for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)|src=\"([^\"]+)\"", text):
+            target = next(t for t in target if t)
+            where = os.path.join(HERE, os.path.dirname(name), target)
+            assert target.startswith("http") or os.path.exists(where), f"{name}: {target}"
 
 
 SLOW_EPOCHS = """import time, vae
