@@ -308,8 +308,7 @@ def test_short_training_run_lowers_the_loss(digits, kind):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("layout", [(8, 1, 28, 28), (8, 784)], ids=["images", "flat"])
 def test_forward_is_the_specifications_in_values_and_gradients(mode, layout):
-    # Catches: renamed layers, a missing sigmoid, any change to the sampling (mu decoded in eval
-    # mode included), a detached z.
+    # Catches: renamed layers, no sigmoid, any change to sampling (mu in eval mode), a detached z.
     spec = SpecVAE()
     ours = VAE()
     ours.load_state_dict(spec.state_dict())
@@ -571,8 +570,7 @@ def test_a_misspelt_flag_is_refused(data_folder, terminal):
 
 @pytest.mark.parametrize("flags", UNUSABLE)
 def test_a_device_or_path_that_cannot_be_used_is_refused_with_the_fix(data_folder, terminal, flags):
-    # Catches: a silent fall back to the CPU, an epoch lost to an --out that cannot be written, a
-    # wrong fix for missing data or the data's own folder, torchvision's download traceback.
+    # Catches: a silent CPU fallback, an unwritable --out, a wrong fix for missing or misplaced data
     name, value = flags.split()[:2]
     if name == "--device" and train.pick_device("auto").type == value:
         pytest.skip("this machine has the device")
@@ -710,11 +708,8 @@ def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
 
 
 @pytest.mark.parametrize("flags", REFUSED_AT_A_SAVED_RUN)
-def test_a_saved_run_is_only_gone_on_with_by_resume_as_it_was_trained(
-    tmp_path, mnist_dir, terminal, flags
-):
-    # Catches: a saved run replaced or trained on without --resume, a flag that would change its
-    # weights dropped or obeyed on resume, a refusal without the command that goes on.
+def test_a_saved_run_is_only_gone_on_with_by_resume(tmp_path, mnist_dir, terminal, flags):
+    # Catches: a saved run replaced or trained on without --resume, or changed by a flag on resume.
     run_train(tmp_path, mnist_dir, "--iwae", "0")
     before = the_files(tmp_path)
     args = at_vae_pt(tmp_path, mnist_dir, "--batch-size", "32", "--threads", "1", *flags.split())
@@ -747,9 +742,7 @@ def test_a_checkpoint_without_its_resume_state_is_never_replaced(tmp_path, mnist
     assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
 
 
-def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
-    tmp_path, mnist_dir, capsys, terminal
-):
+def test_resume_starts_a_missing_run_refuses_a_damaged_one(tmp_path, mnist_dir, capsys, terminal):
     # Catches: --resume failing with no run yet (a Colab cell run again), a damaged state read.
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
     assert "--resume: no run saved at" in capsys.readouterr().out
@@ -759,9 +752,7 @@ def test_resume_without_a_run_starts_one_and_a_damaged_state_is_refused(
     assert "vae.resume.pt is damaged; give --out a new name" in line
 
 
-def test_fashion_mnist_trains_resumes_and_is_drawn_against_its_own_images(
-    tmp_path, mnist_dir, terminal, capsys, drawn
-):
+def test_fashion_runs_and_views_use_its_own_images(tmp_path, mnist_dir, terminal, capsys, drawn):
     # Catches: --dataset ignored or not recorded, a Fashion-MNIST checkpoint drawn against MNIST.
     run_train(tmp_path, mnist_dir, "--dataset", "fashion", "--epochs", "1", "--iwae", "0")
     assert {row["dataset"] for row in history(tmp_path / "vae.csv")} == {"fashion"}
@@ -796,8 +787,7 @@ PROBES = {  # seconds a pass takes on n threads; the count chosen, and the threa
 
 @pytest.mark.parametrize("case", PROBES)
 def test_the_probe_picks_the_fastest_thread_count_and_leaves_the_model_alone(monkeypatch, case):
-    # Catches: the slower count kept, counts the CPUs lack tried, a far slower count timed in full,
-    # a probe that steps Adam, leaves gradients behind or draws random numbers.
+    # Catches: a slower count kept or timed in full, counts the CPUs lack, side effects of a probe.
     seconds, chosen, expected = PROBES[case]
     threads_set(monkeypatch, cpus=max(seconds))
     clock = [0.0]
@@ -864,13 +854,12 @@ STREAMS = {  # stdout, stderr, and where the bar shows
 
 
 @pytest.mark.parametrize("recon", ["mse", "bce"])
-def test_iwae_prints_the_table_of_mean_bounds(tmp_path, mnist_dir, test_set, capsys, recon):
-    # Catches: --iwae ignored, printed figures not iwae_table's or off the -ELBO's scale, a table
-    # that is not the mean of -L_k or whose sizes miss k_max.
+def test_iwae_prints_mean_bounds_but_not_for_an_autoencoder(tmp_path, mnist_dir, capsys, recon):
+    # Catches: --iwae ignored, figures not iwae_table's nor the mean of -L_k, a bound at --beta 0.
     flags = ["--recon", recon, "--iwae", "20"] + (["--binarize"] if recon == "bce" else [])
     model = plot_latents.load_model(run_train(tmp_path, mnist_dir, *flags))
     out = capsys.readouterr().out
-    test_images = test_set[0]
+    test_images = train.load_mnist(mnist_dir, train=False)[0]
     if recon == "bce":  # the bound on the binary pixels trained on
         test_images = train.binarize_once(test_images)
     table = train.iwae_table(model, test_images, 20, recon)
@@ -894,10 +883,7 @@ def test_iwae_prints_the_table_of_mean_bounds(tmp_path, mnist_dir, test_set, cap
     table = train.iwae_table(model, test_images, 10, recon, batch_size=40)
     assert table == pytest.approx({k: v / 64 for k, v in expected.items()})
     assert list(train.iwae_table(model, test_images[:5], 1000)) == [1, 10, 100, 1000]
-
-
-def test_a_plain_autoencoder_prints_no_bound(tmp_path, mnist_dir, capsys):
-    run_train(tmp_path, mnist_dir, "--epochs", "1", "--beta", "0")
+    run_train(tmp_path, mnist_dir, "--epochs", "1", "--beta", "0", out="ae.pt")
     out = capsys.readouterr().out
     assert "-L_k" not in out and "--beta 0: a plain autoencoder" in out
 
@@ -1239,8 +1225,7 @@ def test_curves_in_other_units_or_of_other_data_are_refused_not_overlaid(tmp_pat
 
 
 def test_a_students_own_history_of_some_columns_draws():
-    # Catches: a history refused for lacking columns or its units complained of, a test -ELBO not
-    # summed from its terms.
+    # Catches: a history refused for lacking columns, its units misnamed, a test -ELBO not summed.
     own = {"epoch": [1, 2], "train_loss": [60.0, 45.0], "test_nelbo": [50.0, 41.0]}  # a DataFrame's
     ax = plot_latents.plot_curves(own, label="mine")
     drawn = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
@@ -1342,9 +1327,7 @@ def test_a_checkpoint_of_the_specifications_loop_loads_whatever_the_order_of_its
 
 
 @pytest.mark.parametrize("spacing", ["linear", "quantile"])
-def test_cli_scatter_plots_and_prints_the_posterior(
-    tmp_path, mnist_dir, test_set, drawn, capsys, spacing
-):
+def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, mnist_dir, drawn, capsys, spacing):
     # Catches: flags lost, mu_i and mu_j swapped, a table column computed wrongly.
     model = small_vae(hidden=32)
     with torch.no_grad():
@@ -1354,7 +1337,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(
     name = "spread_scatter_2_1" + ("_quantile.png" if spacing == "quantile" else ".png")
     args = ["--scatter", "--i", "2", "--j", "1", "--n", "3", *flags, "--data-dir", mnist_dir]
     assert plot_cli(tmp_path, spread_checkpoint, *args) == [name]  # named after its checkpoint
-    images, labels = test_set
+    images, labels = train.load_mnist(mnist_dir, train=False)
     mu, logvar = (t.detach() for t in model.encode(images))
     grid, scatter = drawn[0].axes[:2]
     expected = plot_latents.plot_latents(model, 2, 1, 3, 1.5, spacing=spacing)
@@ -1442,9 +1425,7 @@ def test_cli_posterior_and_means_draw_the_8_test_images_they_name(view, test_set
     assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
 
 
-def test_cli_marginals_draw_each_dimension_or_the_16_that_spread_most(
-    view, tmp_path, mnist_dir, drawn, capsys
-):
+def test_cli_marginals_draw_each_dimension_up_to_16(view, tmp_path, mnist_dir, drawn, capsys):
     # Catches: a panel missing or of the wrong dimension, a wide model's panels ill chosen.
     view("--marginals")
     assert [ax.get_xlabel() for ax in drawn[0].axes] == [f"latent dimension {k}" for k in range(3)]
@@ -1528,9 +1509,7 @@ def test_plot_bad_flags_are_refused(tmp_path, small_checkpoint, monkeypatch, ter
     assert message in refused_plot(terminal, tmp_path, small_checkpoint, *flags, code=code)
 
 
-def test_cli_refuses_the_resume_state_naming_the_checkpoint_beside_it(
-    tmp_path, mnist_dir, terminal
-):
+def test_cli_refuses_the_resume_state_naming_its_checkpoint(tmp_path, mnist_dir, terminal):
     # Catches: "not this project's VAE" for the .resume.pt that tab completion offers.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     line = refused_plot(terminal, tmp_path, str(tmp_path / "vae.resume.pt"))
@@ -1600,9 +1579,7 @@ def documents():
             yield name, f.read()
 
 
-def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_py(
-    notebook_folder, monkeypatch, capsys
-):
+def test_readme_blocks_run_and_the_hand_loop_matches_train_py(notebook_folder, monkeypatch, capsys):
     # Catches: drifted code blocks, a hand loop whose threads or weights differ from train.py's.
     set_to = threads_set(monkeypatch)
     pattern = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
@@ -1619,9 +1596,7 @@ def test_readme_blocks_run_and_the_hand_loop_picks_threads_and_weights_as_train_
     assert same_weights(namespace["by_hand"].state_dict(), by_main.state_dict())
 
 
-def test_each_readme_picture_is_written_by_a_readme_command_and_each_link_resolves(
-    notebook_folder, capsys
-):
+def test_readme_pictures_come_from_its_commands_and_links_resolve(notebook_folder, capsys):
     # Catches: a picture no README command makes, a command that fails, a dead link or picture.
     text = dict(documents())["README.md"]
     commands = re.findall(r"(?:^|`)(python (?:train|plot_latents)\.py[^`\n#]*)", text, re.M)
