@@ -407,7 +407,8 @@ def axes_or_new(ax, size):
 def set_title(ax, title):
     """The title, wrapped to the Axes' width, so that titles side by side stay apart."""
     points = ax.get_position().width * ax.figure.get_figwidth() * 72
-    ax.set_title(textwrap.fill(title.replace("\n", " "), max(20, int(points / 7))))
+    width = max(20, int(points / 7))
+    ax.set_title(textwrap.fill(title, width, break_long_words=False, break_on_hyphens=False))
 
 
 def show_tiles(ax, images, cols, **kwargs):

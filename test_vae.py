@@ -589,8 +589,8 @@ def test_a_damaged_file_is_named_as_damaged(data_folder, terminal, damage):
 
 @pytest.mark.parametrize(
     "figure, nan",
-    [("train_recon", [math.nan, 1]), ("test_kl", [1, math.nan])],
-    ids=["in training", "in the test"],
+    [("train_recon", [math.nan, 1]), ("train_kl", [1, math.nan]), ("test_kl", [1, math.nan])],
+    ids=["in training", "the training KL", "in the test"],
 )
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, figure, nan):
     # Catches: a NaN model saved over good weights or recorded, a message naming the wrong figure.
@@ -742,6 +742,33 @@ def test_a_checkpoint_without_its_resume_state_is_never_replaced(tmp_path, mnist
     assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
 
 
+def test_resume_alone_goes_on_to_the_runs_own_epochs(tmp_path, mnist_dir, monkeypatch):
+    # Catches: --resume that forgets the run's --epochs and trains on to the default 10.
+    with monkeypatch.context() as patch:
+        on_call(patch, train.vae, "kl_divergence", 15, kill)  # in epoch 2 of 3
+        with pytest.raises(Killed):
+            run_train(tmp_path, mnist_dir, "--epochs", "3", "--iwae", "0")
+    train.main(at_vae_pt(tmp_path, mnist_dir, "--resume", "--iwae", "0", "--threads", "1"))
+    assert len(history(tmp_path / "vae.csv")) == 3
+
+
+def test_resume_never_runs_code_from_a_resume_state(tmp_path, mnist_dir, terminal):
+    # Catches: the state read with weights_only=False, so that a file from elsewhere runs code.
+    torch.save(VAE().state_dict(), tmp_path / "vae.pt")
+    torch.save({"flags": RunsCode(str(tmp_path / "code-ran"))}, tmp_path / "vae.resume.pt")
+    line = refused(terminal, "train.py", *at_vae_pt(tmp_path, mnist_dir, "--resume"))
+    assert "vae.resume.pt is damaged" in line and not (tmp_path / "code-ran").exists()
+
+
+def test_ctrl_c_in_the_bound_after_the_last_epoch_offers_no_resume(
+    tmp_path, mnist_dir, monkeypatch, terminal
+):
+    # Catches: "--resume goes on from there" said of a run with nothing left to do.
+    on_call(monkeypatch, train.vae, "iwae_bound", 1, interrupt)
+    status, _, err = terminal("train.py", *at_vae_pt(tmp_path, mnist_dir, *FAST, "--iwae", "10"))
+    assert status == 130 and err.strip().endswith("vae.csv hold epoch 2")
+
+
 def test_resume_starts_a_missing_run_refuses_a_damaged_one(tmp_path, mnist_dir, capsys, terminal):
     # Catches: --resume failing with no run yet (a Colab cell run again), a damaged state read.
     run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
@@ -782,6 +809,11 @@ PROBES = {  # seconds a pass takes on n threads; the count chosen, and the threa
     "a core busy: 1 thread": ({1: 1.0, 2: 2.5}, 1, [1] * 10 + [2] * 5),
     "4 CPUs, idle: 4 threads": ({1: 1.0, 2: 0.6, 4: 0.5}, 4, [1] * 10 + [2] * 10 + [4] * 10),
     "2 threads 20 times slower": ({1: 1.0, 2: 20.0}, 1, [1] * 10 + [2]),
+    "4 CPUs, 4 threads slower than 2": (
+        {1: 1.0, 2: 0.125, 4: 0.5},
+        2,
+        [1] * 10 + [2] * 10 + [4] * 3,
+    ),
 }
 
 
@@ -811,6 +843,15 @@ def test_the_probe_picks_the_fastest_thread_count_and_leaves_the_model_alone(mon
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_probe_leaves_a_students_batch_norm_statistics_alone(digits):
+    # Catches: a probe run in training mode, which would move a batch norm's running statistics.
+    model = OwnVAE()
+    model.encoder = nn.Sequential(nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU())
+    statistics = model.encoder[1].running_mean.clone()
+    train.fastest_threads(model, digits[0])
+    assert torch.equal(model.encoder[1].running_mean, statistics)
+
+
 @pytest.mark.parametrize("threads", ["3", "auto"])
 def test_training_sets_and_says_its_threads(tmp_path, mnist_dir, monkeypatch, terminal, threads):
     # Catches: --threads ignored or unsaid, a notebook left with the training's thread count.
@@ -824,6 +865,7 @@ def test_training_sets_and_says_its_threads(tmp_path, mnist_dir, monkeypatch, te
     assert torch.get_num_threads() == 1 == set_to[-1]  # put back
     ran_on = int(re.search(r"s on (\d) threads?\n", out).group(1))
     assert ran_on == set_to[-2] and ran_on in ([1, 2] if threads == "auto" else [3])
+    assert (2 in set_to) == (threads == "auto")  # auto times 2 threads each epoch
     assert [row[0] for row in BOUND_ROW.findall(out)] == ["1", "10", "50"]  # --iwae 50 by default
     assert sorted(os.listdir(tmp_path)) == ["vae.csv", "vae.pt", "vae.resume.pt"]  # no .tmp left
 
@@ -1067,6 +1109,10 @@ def test_marginals_are_the_means_and_the_codes_of_dimension_dim():
         assert any(t.startswith(name) and t.endswith(variance) for t in legend)
     assert len(ax.containers) == 2 and ax.get_xlabel() == "latent dimension 2"
     assert "N(0, 1)" in ax.lines[0].get_label()
+    fit = ax.lines[1]  # the means' own Gaussian
+    means = mu[:, 2].numpy()
+    gaussian = plot_latents.normal_density(fit.get_xdata(), means.mean(), means.var())
+    np.testing.assert_allclose(fit.get_ydata(), gaussian, rtol=1e-5)
     with pytest.raises(ValueError, match="dim = 3 is not a latent dimension here: use 0 to 2"):
         plot_latents.plot_marginals(model, images, dim=3)
 
@@ -1094,6 +1140,7 @@ def test_the_construction_has_gaussian_codes_and_means_half_at_zero():
     assert means == pytest.approx(0.5 * 0.75, abs=0.02)  # half at 0, half of variance 0.75
     spike = max(bar.get_height() for bar in ax.containers[1])
     assert spike > 2  # half the means in one bin, far above any Gaussian of that variance
+    assert "N(0, 0.75)" in title(ax) and ax.get_ylim() == (0, 1)
 
 
 def test_defaults_agree_between_functions_and_the_command_line():
@@ -1382,6 +1429,7 @@ def test_cli_samples_draw_the_prior_and_reconstructions_and_say_their_error(
     images = train.binarize_once(test_set[0]) if binarized else test_set[0]
     samples, reconstructions = drawn[0].axes
     assert_same_picture(samples, plot_latents.plot_samples(model, n=3, seed=4))
+    assert title(samples).endswith(f"decoded by {small_checkpoint}")
     assert_same_picture(reconstructions, plot_latents.plot_reconstructions(model, images, n=10))
     decoded = model.decoder(model.encode(images)[0]).detach()
     out = capsys.readouterr().out
@@ -1422,7 +1470,8 @@ def test_cli_posterior_and_means_draw_the_8_test_images_they_name(view, test_set
     left, right = drawn[1].axes
     assert_same_picture(left, plot_latents.plot_decoded_means(model, images[:8], 3, 2))
     assert_same_picture(right, plot_latents.plot_samples(model, 3, 2))
-    assert "the means of test images 0 to 7, digits" in capsys.readouterr().out
+    digits = ", ".join(map(str, labels[:8].tolist()))
+    assert f"the means of test images 0 to 7, digits {digits}" in capsys.readouterr().out
 
 
 def test_cli_marginals_draw_each_dimension_up_to_16(view, tmp_path, mnist_dir, drawn, capsys):
@@ -1456,6 +1505,24 @@ def test_cli_aggregate_needs_no_model_and_draws_the_most_peaked_dimension_beside
     dim = int(torch.where(var_mu > 0.05, kurtosis, 0).argmax())
     assert var_mu[1] < 0.05 and drawn[1].axes[1].get_xlabel() == f"latent dimension {dim}"
     assert f"right: dimension {dim}, Var[mu] {var_mu[dim]:.3f}" in capsys.readouterr().out
+    assert f"dimension {dim}: a trained model" in title(drawn[1].axes[1])
+
+
+def test_cli_aggregate_draws_the_most_peaked_of_the_dimensions_in_use(
+    tmp_path, mnist_dir, drawn, capsys, monkeypatch
+):
+    # Catches: the most spread, or a collapsed but spiky, dimension drawn; kurtosis off-centre.
+    rows = torch.arange(64.0)
+    spread = 5 + 3 * torch.randn(64, generator=seeded(0))  # far from 0, Gaussian-like
+    collapsed = torch.where(rows < 2, 0.1, 0.0)  # spikiest of all, but not in use
+    peaked = torch.where(rows < 8, 2.0, 0.0) * torch.where(rows % 2 == 0, 1.0, -1.0)
+    means = torch.stack([spread, collapsed, peaked], 1)
+    stats = (means, means.var(0, correction=0), torch.ones(3), torch.ones(3))
+    monkeypatch.setattr(plot_latents, "posterior_stats", lambda *args: stats)
+    checkpoint = save_run(small_vae(hidden=32), tmp_path / "vae.pt")
+    plot_cli(tmp_path, checkpoint, "--aggregate", "--data-dir", mnist_dir)
+    assert drawn[0].axes[1].get_xlabel() == "latent dimension 2"
+    assert "kurtosis of the means 8.00" in capsys.readouterr().out
 
 
 def test_cli_curves_overlay_the_histories_without_mnist_or_checkpoint(tmp_path, drawn, capsys):
