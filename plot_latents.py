@@ -43,7 +43,8 @@ def plot_latents(model, i=0, j=1, n=10, limit=2.0, ax=None, spacing="linear"):
     decoded = decode(model, z.reshape(n * n, z_dims))
     if spacing == "linear":  # each tile's centre at its z value
         half = limit / (n - 1) if n > 1 else limit
-        low, high = values[0].item() - half, values[-1].item() + half
+        low = values[0].item() - half
+        high = values[-1].item() + half
         show_tiles(ax, decoded, n, extent=(low, high, low, high))
         where = f"over [-{limit:g}, {limit:g}]" if n > 1 else "at the centre, z = 0"
     else:  # tiles one unit wide, their centres ticked with their z
@@ -121,10 +122,12 @@ def plot_reconstructions(model, images, n=10, ax=None):
 def plot_interpolation(model, start, end, n=10, ax=None):
     """Straight lines in latent space: for each pair of images (one each, or batches of as many),
     the start image, n decodings evenly spaced from mu(start) to mu(end), and the end image."""
-    start, end = as_images(start, model), as_images(end, model)
+    start = as_images(start, model)
+    end = as_images(end, model)
     if n < 2:
         raise ValueError(f"need n >= 2 points, the two ends at least; got n = {n}")
-    a, b = encode(model, start)[0], encode(model, end)[0]
+    a = encode(model, start)[0]
+    b = encode(model, end)[0]
     steps = torch.linspace(0, 1, n, device=a.device)[None, :, None]
     line = a[:, None] + steps * (b - a)[:, None]
     decoded = decode(model, line.flatten(end_dim=1)).reshape(len(a), n, -1)
@@ -218,13 +221,14 @@ def plot_posterior_means(mu, labels, i=0, j=1, limit=2.0, ax=None, classes=None)
     """The posterior means (mu_i, mu_j), coloured by digit (or by the names in classes), with the
     square [-limit, limit]^2 whose corners are the traversal grid's outer tiles (none for 0)."""
     ax = axes_or_new(ax, (8, 8))
-    x, y = mu[:, i].cpu().numpy(), mu[:, j].cpu().numpy()
+    x = mu[:, i].cpu().numpy()
+    y = mu[:, j].cpu().numpy()
     # No antialiasing: 10,000 markers then take a few colours, and the PNG stays small.
     style = dict(cmap="tab10", vmin=-0.5, vmax=9.5, s=6, linewidths=0, antialiased=False)
     points = ax.scatter(x, y, c=labels.cpu().numpy(), **style)
     if limit > 0:
-        corner, side = (-limit, -limit), 2 * limit
-        square = Rectangle(corner, side, side, fill=False, linestyle="--", edgecolor="black")
+        side = 2 * limit
+        square = Rectangle((-limit, -limit), side, side, fill=False, linestyle="--", edgecolor="k")
         ax.add_patch(square).set_label("grid of the traversal")
         ax.legend(loc="upper right")
     bar = ax.figure.colorbar(points, ax=ax, ticks=range(10))
@@ -246,7 +250,8 @@ def plot_curves(history, ax=None, terms=False, label=None):
     units = history_units(columns, terms)
     drawn = ax.get_ylabel() if ax is not None else ""
     if drawn not in ("", units) and OWN_UNITS not in (drawn, units):
-        this, other = units.replace("\n", " "), drawn.replace("\n", " ")
+        this = units.replace("\n", " ")
+        other = drawn.replace("\n", " ")
         raise ValueError(f"{label or 'this history'} is in {this}, the curves drawn in {other}")
     if terms:
         series = {"test recon": columns.get("test_recon"), "test KL": columns.get("test_kl")}
@@ -548,9 +553,9 @@ def view_interpolation(fig, args, pairs=6):
     model, images, labels, run = load_run(args)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     half = len(order) // 2
-    start, end = order[:half], order[half : 2 * half]
-    different = labels[start] != labels[end]
-    start, end = start[different][:pairs], end[different][:pairs]
+    different = labels[order[:half]] != labels[order[half : 2 * half]]
+    start = order[:half][different][:pairs]
+    end = order[half : 2 * half][different][:pairs]
     fig.set_size_inches(args.n + 2, 1.2 * len(start) + 0.6)
     plot_interpolation(model, images[start], images[end], args.n, fig.add_subplot())
     names = class_names(run) or range(10)
