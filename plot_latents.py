@@ -369,13 +369,7 @@ def load_model(path):
     return model.eval()
 
 
-# What every function needs of a model, and what each part must do.
-PARTS = {
-    "encoder": "images (N, 784) to features",
-    "mu": "features to the means of q(z|x), a Linear layer",
-    "logvar": "features to the log-variances of q(z|x)",
-    "decoder": "codes (N, z_dims) to pixel means in [0, 1]",
-}
+PARTS = ("encoder", "mu", "logvar", "decoder")  # all that the functions use of a model
 
 
 def code_size(model):
@@ -383,8 +377,9 @@ def code_size(model):
     in eval mode."""
     missing = " and ".join(part for part in PARTS if not hasattr(model, part))
     if missing:
-        need = "; ".join(f"{part}: {what}" for part, what in PARTS.items())
-        raise TypeError(f"{type(model).__name__} has no {missing}; a VAE's four parts are {need}")
+        raise TypeError(
+            f"{type(model).__name__} has no {missing}; a VAE's four parts are {', '.join(PARTS)}"
+        )
     model.eval()
     return [m for m in model.mu.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 

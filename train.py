@@ -106,7 +106,7 @@ def train(args, run=None):
         return model
     if history:
         print(f"resuming {args.out} after epoch {len(history)}")
-    print(device_line(device, args.threads))
+    print(f"device: {device}")
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
@@ -293,14 +293,6 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
-def device_line(device, threads):
-    if device.type != "cpu":
-        return f"device: {device}"
-    if threads != "auto":
-        return f"device: cpu ({counted(threads, 'thread')})"
-    return "device: cpu (threads: each epoch runs on the fastest of 1, 2 and 4 the CPUs allow)"
-
-
 def counted(n, noun):
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -335,28 +327,11 @@ def in_notebook():
 
 
 def progress(iterable):
-    """A bar, erased when done: on stderr in a terminal, none in a log, and in a notebook one
-    output that each redraw replaces, so that a saved notebook keeps no pile of redraws."""
+    """A bar, erased when done: on stderr in a terminal, none in a log; in a notebook, whose saved
+    file keeps every redraw, one redraw each 10 seconds at most."""
     if in_notebook():
-        return tqdm(iterable, unit="batch", leave=False, file=NotebookBar())
+        return tqdm(iterable, unit="batch", leave=False, mininterval=10)
     return tqdm(iterable, unit="batch", leave=False, disable=None)
-
-
-class NotebookBar:
-    """Where tqdm draws in a notebook: one display, updated in place."""
-
-    encoding = "utf-8"
-
-    def __init__(self):
-        from IPython.display import display  # in every Jupyter kernel
-
-        self.shown = display({"text/plain": ""}, raw=True, display_id=True)
-
-    def write(self, text):
-        self.shown.update({"text/plain": text.strip("\r")}, raw=True)
-
-    def flush(self):
-        pass
 
 
 def say_interrupted(args, saved):
@@ -388,10 +363,7 @@ def load_run(out):
         raise FileExistsError(f"{out} exists without the {path} that goes on with it; {new}")
     if not os.path.exists(path):
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise ValueError(f"{path} is damaged; {new}") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_same_run(args, run):
@@ -407,15 +379,12 @@ def check_same_run(args, run):
         if args.resume:
             raise ValueError(f"--resume: {trained}; leave {flag} out, or {new}")
         raise FileExistsError(f"{trained}; to go on with it: {resume_command(args)}; or {new}")
+    holds = f"{args.out} holds {saved} epochs"
     if saved > args.epochs:
-        raise FileExistsError(
-            f"{args.out} holds {saved} epochs, more than --epochs {args.epochs}; {new}"
-        )
+        raise FileExistsError(f"{holds}, more than --epochs {args.epochs}; {new}")
     if saved < args.epochs and not args.resume:
         go_on = resume_command(args, args.epochs)
-        raise FileExistsError(
-            f"{args.out} holds {saved} epochs of this run; to go on: {go_on}; or {new}"
-        )
+        raise FileExistsError(f"{holds} of this run; to go on: {go_on}; or {new}")
 
 
 def resume_command(args, epochs=None):
