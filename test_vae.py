@@ -349,8 +349,7 @@ def test_log_likelihood_is_the_decoders_whole_density():
     torch.testing.assert_close(log_likelihood(x_prime, x, "mse"), gaussian)
     bernoulli = Bernoulli(probs=x_prime).log_prob(binary.reshape(5, 784)).sum(-1)
     torch.testing.assert_close(log_likelihood(x_prime, binary, "bce"), bernoulli)
-    assert vae.log_likelihood_constant("mse") == pytest.approx(392 * math.log(math.pi))
-    assert vae.log_likelihood_constant("mse") == pytest.approx(448.73, abs=0.01)
+    assert vae.log_likelihood_constant("mse") == pytest.approx(392 * math.log(math.pi))  # 448.73
     assert vae.log_likelihood_constant("bce") == 0
     with pytest.raises(ValueError, match="mse"):
         log_likelihood(x_prime[0], x, "l1")
@@ -424,10 +423,9 @@ EPOCH_LINE = re.compile(
     r"epoch \d+/\d+  train (-ELBO|loss) ([\d.]+) \(recon ([\d.]+) \+ (?:([\d.]+) x )?KL ([\d.]+)\)"
     r"  test -ELBO ([\d.]+) \(recon ([\d.]+) \+ KL ([\d.]+)\)  [\d.]+s on (\d) threads?"
 )
-SETTINGS = ["--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--z-dims", "3", "--hidden"]
-SETTINGS += ["32", "--beta", "0.5", "--recon", "bce", "--binarize", "--seed", "7"]
 CHANGED = dict(epochs=3, batch_size=50, lr=3e-3, z_dims=3, hidden=32, beta=0.5, recon="bce")
 CHANGED.update(binarize=True, seed=7)  # each differs from its default; the last batch is partial
+SETTINGS = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in CHANGED.items()]
 
 
 def train_by_hand(images, test_images, binarize=False, seed=0, **flags):
@@ -557,11 +555,6 @@ def test_a_flag_out_of_range_is_refused_naming_it(data_folder, terminal, flags):
     assert f"error: argument {flags.split()[0]}" in line
 
 
-def test_a_misspelt_flag_is_refused(data_folder, terminal):
-    line = refused_before_training(terminal, data_folder, "--zdims", "2", code=2)
-    assert "unrecognized arguments: --zdims 2" in line
-
-
 @pytest.mark.parametrize("flags", UNUSABLE)
 def test_a_device_or_path_that_cannot_be_used_is_refused_with_the_fix(data_folder, terminal, flags):
     # Catches: a silent CPU fallback, an unwritable --out, a wrong fix for missing or misplaced data
@@ -599,7 +592,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
 
 
 def test_ctrl_c_in_a_script_says_what_is_saved(tmp_path, mnist_dir, monkeypatch, terminal):
-    # Catches: a traceback on Ctrl-C, a message that misstates what was saved or hides --resume.
+    # Catches: a traceback on Ctrl-C, a message that misstates what was saved or --resume's use.
     args = at_vae_pt(tmp_path, mnist_dir, *FAST, "--epochs", "3")
     with monkeypatch.context() as patch:
         patch.setattr(datasets, "MNIST", interrupt)  # read as train.py starts
@@ -613,6 +606,9 @@ def test_ctrl_c_in_a_script_says_what_is_saved(tmp_path, mnist_dir, monkeypatch,
     go_on = f"python train.py --resume --out {out} --data-dir {mnist_dir} goes on from there"
     assert status == 130 and err.strip() == f"{said}; {go_on}"
     assert same_weights(load(out), two) and len(history(tmp_path / "vae.csv")) == 2
+    on_call(monkeypatch, train.vae, "iwae_bound", 1, interrupt)  # after the last epoch
+    status, _, err = terminal("train.py", *args, "--resume", "--iwae", "10")
+    assert status == 130 and err.strip().endswith("vae.csv hold epoch 3")  # no --resume offered
 
 
 def in_a_notebook(monkeypatch):
@@ -753,15 +749,6 @@ def test_resume_never_runs_code_from_a_resume_state(tmp_path, mnist_dir, termina
     with pytest.raises(pickle.UnpicklingError):
         train.main(at_vae_pt(tmp_path, mnist_dir, "--resume"))
     assert not (tmp_path / "code-ran").exists()
-
-
-def test_ctrl_c_in_the_bound_after_the_last_epoch_offers_no_resume(
-    tmp_path, mnist_dir, monkeypatch, terminal
-):
-    # Catches: "--resume goes on from there" said of a run with nothing left to do.
-    on_call(monkeypatch, train.vae, "iwae_bound", 1, interrupt)
-    status, _, err = terminal("train.py", *at_vae_pt(tmp_path, mnist_dir, *FAST, "--iwae", "10"))
-    assert status == 130 and err.strip().endswith("vae.csv hold epoch 2")
 
 
 def test_resume_with_no_run_saved_starts_one(tmp_path, mnist_dir, capsys):
