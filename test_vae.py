@@ -682,14 +682,16 @@ def kill(real, *args, **kwargs):
 def test_a_run_killed_anywhere_and_resumed_ends_as_one_never_stopped(
     tmp_path, mnist_dir, monkeypatch, capsys, owner, name, call
 ):
-    # Catches: Adam, the random state or the epoch not restored; a checkpoint ahead of its state.
+    # Catches: Adam, the random state, the epoch or --epochs not restored; a checkpoint ahead.
     straight = run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3", out="straight.pt")
     with monkeypatch.context() as patch:
         on_call(patch, owner, name, call, kill)
         with pytest.raises(Killed):
             run_train(tmp_path, mnist_dir, *RESUMED, "--epochs", "3")
     capsys.readouterr()
-    resumed = run_train(tmp_path, mnist_dir, "--epochs", "3", "--resume", "--threads", "2")
+    flags = ["--resume", "--device", "cpu", "--threads", "2", "--iwae", "0"]  # nor --epochs
+    train.main(at_vae_pt(tmp_path, mnist_dir, *flags))
+    resumed = str(tmp_path / "vae.pt")
     out = capsys.readouterr().out
     epochs = [line[:9] for line in out.splitlines() if line.startswith("epoch")]
     assert f"resuming {resumed} after epoch 1" in out and epochs == ["epoch 2/3", "epoch 3/3"]
@@ -712,9 +714,10 @@ def test_a_saved_run_is_only_gone_on_with_by_resume(tmp_path, mnist_dir, termina
     assert the_files(tmp_path) == before
 
 
-def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path, mnist_dir, capsys):
-    # Catches: a finished run trained again or rewritten.
-    model = load(run_train(tmp_path, mnist_dir, "--epochs", "1"))
+def test_the_same_command_again_starts_a_run_then_leaves_it_as_it_is(tmp_path, mnist_dir, capsys):
+    # Catches: --resume failing with no run yet (a Colab cell run again), a finished run rewritten.
+    model = load(run_train(tmp_path, mnist_dir, "--epochs", "1", "--resume"))
+    assert "--resume: no run saved at" in capsys.readouterr().out
     before = the_files(tmp_path)
     for flags in ([], ["--resume"]):
         again = run_train(tmp_path, mnist_dir, "--epochs", "1", *flags)
@@ -732,16 +735,6 @@ def test_a_checkpoint_without_its_resume_state_is_never_replaced(tmp_path, mnist
     assert (tmp_path / "vae.pt").read_bytes() == before["vae.pt"]
 
 
-def test_resume_alone_goes_on_to_the_runs_own_epochs(tmp_path, mnist_dir, monkeypatch):
-    # Catches: --resume that forgets the run's --epochs and trains on to the default 10.
-    with monkeypatch.context() as patch:
-        on_call(patch, train.vae, "kl_divergence", 15, kill)  # in epoch 2 of 3
-        with pytest.raises(Killed):
-            run_train(tmp_path, mnist_dir, "--epochs", "3", "--iwae", "0")
-    train.main(at_vae_pt(tmp_path, mnist_dir, "--resume", "--iwae", "0", "--threads", "1"))
-    assert len(history(tmp_path / "vae.csv")) == 3
-
-
 def test_resume_never_runs_code_from_a_resume_state(tmp_path, mnist_dir, terminal):
     # Catches: the state read with weights_only=False, so that a file from elsewhere runs code.
     torch.save(VAE().state_dict(), tmp_path / "vae.pt")
@@ -751,20 +744,12 @@ def test_resume_never_runs_code_from_a_resume_state(tmp_path, mnist_dir, termina
     assert not (tmp_path / "code-ran").exists()
 
 
-def test_resume_with_no_run_saved_starts_one(tmp_path, mnist_dir, capsys):
-    # Catches: --resume failing with no run yet (a Colab cell run again).
-    run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
-    assert "--resume: no run saved at" in capsys.readouterr().out
-    assert len(history(tmp_path / "vae.csv")) == 2
-
-
 def test_fashion_runs_and_views_use_its_own_images(tmp_path, mnist_dir, terminal, capsys, drawn):
     # Catches: --dataset ignored or not recorded, a Fashion-MNIST checkpoint drawn against MNIST.
     run_train(tmp_path, mnist_dir, "--dataset", "fashion", "--epochs", "1", "--iwae", "0")
     assert {row["dataset"] for row in history(tmp_path / "vae.csv")} == {"fashion"}
-    run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
+    checkpoint = run_train(tmp_path, mnist_dir, "--resume", "--iwae", "0")
     assert "resuming" in capsys.readouterr().out and len(history(tmp_path / "vae.csv")) == 2
-    checkpoint = str(tmp_path / "vae.pt")
     images, labels = train.load_mnist(mnist_dir, False, dataset="fashion")
     assert not torch.equal(images, train.load_mnist(mnist_dir, False)[0])
     plot_cli(tmp_path, checkpoint, "--samples", "--data-dir", mnist_dir)
@@ -777,8 +762,7 @@ def test_fashion_runs_and_views_use_its_own_images(tmp_path, mnist_dir, terminal
     plot_cli(tmp_path, checkpoint, "--posterior", "--data-dir", mnist_dir)
     named = ", ".join(datasets.FashionMNIST.classes[k] for k in labels[:8])
     assert f"test images 0 to 7, classes {named}" in capsys.readouterr().out
-    flags = ["--checkpoint", checkpoint, "--samples", "--dataset", "mnist", "--data-dir", mnist_dir]
-    line = refused(terminal, "plot_latents.py", *flags)
+    line = refused_plot(terminal, tmp_path, checkpoint, "--samples", "--dataset", "mnist")
     assert "--dataset mnist: " in line and "was trained on fashion; leave --dataset out" in line
 
 
