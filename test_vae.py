@@ -772,11 +772,7 @@ PROBES = {  # seconds a pass takes on n threads; the count chosen, and the threa
     "a core busy: 1 thread": ({1: 1.0, 2: 2.5}, 1, [1] * 10 + [2] * 5),
     "4 CPUs, idle: 4 threads": ({1: 1.0, 2: 0.6, 4: 0.5}, 4, [1] * 10 + [2] * 10 + [4] * 10),
     "2 threads 20 times slower": ({1: 1.0, 2: 20.0}, 1, [1] * 10 + [2]),
-    "4 CPUs, 4 threads slower than 2": (
-        {1: 1.0, 2: 0.125, 4: 0.5},
-        2,
-        [1] * 10 + [2] * 10 + [4] * 3,
-    ),
+    "4 CPUs, 2 threads fastest": ({1: 1.0, 2: 0.125, 4: 0.5}, 2, [1] * 10 + [2] * 10 + [4] * 3),
 }
 
 
@@ -796,7 +792,8 @@ def test_the_probe_picks_the_fastest_thread_count_and_leaves_the_model_alone(mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train.vae, "negative_elbo", timed)
-    model = VAE()
+    model = OwnVAE()  # a student's, with a batch norm whose statistics training would move
+    model.encoder = nn.Sequential(nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU())
     images = torch.rand(20, 784)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.get_rng_state()
@@ -804,15 +801,6 @@ def test_the_probe_picks_the_fastest_thread_count_and_leaves_the_model_alone(mon
     assert torch.get_num_threads() == chosen and counts == expected
     assert same_weights(model.state_dict(), before) and torch.equal(torch.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
-
-
-def test_the_probe_leaves_a_students_batch_norm_statistics_alone(digits):
-    # Catches: a probe run in training mode, which would move a batch norm's running statistics.
-    model = OwnVAE()
-    model.encoder = nn.Sequential(nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU())
-    statistics = model.encoder[1].running_mean.clone()
-    train.fastest_threads(model, digits[0])
-    assert torch.equal(model.encoder[1].running_mean, statistics)
 
 
 @pytest.mark.parametrize("threads", ["3", "auto"])
