@@ -6,6 +6,7 @@ machine cannot stretch them. Run them with: python -m pytest -q
 """
 
 import csv
+import functools
 import gzip
 import inspect
 import io
@@ -574,16 +575,13 @@ def test_a_damaged_file_is_named_as_damaged(data_folder, terminal, damage):
     assert "t10k-images-idx3-ubyte or t10k-labels-idx1-ubyte in" in line and "damaged" in line
 
 
-@pytest.mark.parametrize(
-    "figure, nan",
-    [("train_recon", [math.nan, 1]), ("train_kl", [1, math.nan]), ("test_kl", [1, math.nan])],
-    ids=["in training", "the training KL", "in the test"],
-)
-def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, figure, nan):
+@pytest.mark.parametrize("figure", ["train_recon", "train_kl", "test_kl"])
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, figure):
     # Catches: a NaN model saved over good weights or recorded, a message naming the wrong figure.
     good = load(run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0", out="good.pt"))
     owner = "train_epoch" if figure.startswith("train") else "evaluate"
-    on_call(monkeypatch, train, owner, 2, lambda real, *a, **k: real(*a, **k) * torch.tensor(nan))
+    nan = torch.tensor([math.nan, 1] if figure.endswith("recon") else [1, math.nan])  # recon, KL
+    on_call(monkeypatch, train, owner, 2, lambda real, *a, **k: real(*a, **k) * nan)
     message = f"{figure} became nan in epoch 2; 1 good epoch kept in .*vae.pt; train anew with a"
     with pytest.raises(FloatingPointError, match=message):
         run_train(tmp_path, mnist_dir)
@@ -857,9 +855,8 @@ def test_iwae_prints_mean_bounds_but_not_for_an_autoencoder(tmp_path, mnist_dir,
     rows = [[float(v) if v else None for v in row] for row in BOUND_ROW.findall(out)]
     constant = vae.log_likelihood_constant(recon)
     assert [row[0] for row in rows] == [1, 10, 20]
-    nats = [table[k] for k in (1, 10, 20)]
-    np.testing.assert_allclose([row[1] for row in rows], nats, atol=0.006)
-    less = [pytest.approx(table[k] - constant, abs=0.006) for k in (1, 10, 20)]
+    np.testing.assert_allclose([row[1] for row in rows], list(table.values()), atol=0.006)
+    less = [pytest.approx(bound - constant, abs=0.006) for bound in table.values()]
     assert [row[2] for row in rows] == (less if recon == "mse" else [None] * 3)
     gap = float(re.search(r"-L_1 - \(-L_20\) = ([\d.]+) nats", out).group(1))
     assert gap == pytest.approx(table[1] - table[20], abs=0.006) and gap > 0
@@ -937,18 +934,16 @@ PLOTS = {  # each public function that takes a model, and its arguments after th
 }
 
 
-@pytest.mark.parametrize(
-    "spacing, n, values",
-    [("linear", 4, np.linspace(-1.5, 1.5, 4)), ("quantile", 5, QUANTILES)],
-    ids=["linear", "quantile"],
-)
-def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing, n, values):
+@pytest.mark.parametrize("spacing", ["linear", "quantile"])
+def test_grid_tile_at_row_r_column_c_decodes_x_c_and_y_reversed(spacing):
     # Catches: a flipped or transposed grid, i and j swapped, quantiles off the tiles' centres.
+    values = torch.linspace(-1.5, 1.5, 4) if spacing == "linear" else QUANTILES
+    n = len(values)
     model = small_vae()
     ax = plot_latents.plot_latents(model, i=2, j=0, n=n, limit=1.5, spacing=spacing)
     z = torch.zeros(n, n, 3)
-    z[:, :, 2] = torch.as_tensor(values, dtype=torch.float)[None]
-    z[:, :, 0] = torch.as_tensor(values, dtype=torch.float).flip(0)[:, None]
+    z[:, :, 2] = values[None]
+    z[:, :, 0] = values.flip(0)[:, None]
     decoded = model.decoder(z.reshape(-1, 3)).detach().reshape(-1, 28, 28)
     np.testing.assert_allclose(tiles(picture(ax)), decoded, atol=1e-5)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Latent dimension 2", "Latent dimension 0")
@@ -1106,8 +1101,7 @@ def plot_and_arguments(name, model):
 @pytest.mark.parametrize("kind", [SpecVAE, OwnVAE, FlattenVAE])
 @pytest.mark.parametrize("name", PLOTS)
 def test_each_plot_returns_the_axes_of_one_figure_for_any_four_part_model(name, kind, monkeypatch):
-    # Catches: a returned Figure (shown twice in Jupyter), an ax ignored, plt.show(), a model
-    # that needs more than the four parts.
+    # Catches: a returned Figure (shown twice), an ax ignored, plt.show(), a need beyond four parts.
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: pytest.fail("plt.show() was called"))
     torch.manual_seed(0)
     before = set(plt.get_fignums())
@@ -1287,11 +1281,7 @@ def plot_cli(tmp_path, checkpoint, *flags):
 @pytest.fixture
 def view(tmp_path, small_checkpoint, mnist_dir):
     """view(*flags): plot_cli for small_checkpoint, on the test data."""
-
-    def run(*flags):
-        return plot_cli(tmp_path, small_checkpoint, *flags, "--data-dir", mnist_dir)
-
-    return run
+    return functools.partial(plot_cli, tmp_path, small_checkpoint, "--data-dir", mnist_dir)
 
 
 def test_cli_grid_takes_its_flags(view, tmp_path, drawn, capsys):
@@ -1352,22 +1342,18 @@ def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, mnist_dir, drawn, 
     assert total == pytest.approx(table[:, 4].sum(), abs=0.006)
 
 
-@pytest.mark.parametrize(
-    "recon, binarized",
-    [(None, 0), ("mse", 0), ("bce", 1)],
-    ids=["no history", "squared error", "binarized cross-entropy"],
-)
+@pytest.mark.parametrize("recon", [None, "mse", "bce"], ids=["no history", "mse", "binarized bce"])
 def test_cli_samples_draw_the_prior_and_reconstructions_and_say_their_error(
-    view, small_checkpoint, test_set, drawn, capsys, recon, binarized
+    view, small_checkpoint, test_set, drawn, capsys, recon
 ):
     # Catches: flags lost, the wrong images, an error in other terms than the model's.
     model = small_vae(hidden=32)
-    if recon:
-        units = [round(vae.log_likelihood_constant(recon), 4), binarized]
+    if recon:  # bce on binarized pixels, as for nats
+        units = [round(vae.log_likelihood_constant(recon), 4), int(recon == "bce")]
         row = dict(zip(HISTORY_COLUMNS, (1, 50, 45, 5, 49, 44, 5, 1, *units)))
         save_run(model, small_checkpoint, [row])
     assert view("--samples", "--n", "3", "--seed", "4") == ["samples.png"]
-    images = train.binarize_once(test_set[0]) if binarized else test_set[0]
+    images = train.binarize_once(test_set[0]) if recon == "bce" else test_set[0]
     samples, reconstructions = drawn[0].axes
     assert_same_picture(samples, plot_latents.plot_samples(model, n=3, seed=4))
     assert title(samples).endswith(f"decoded by {small_checkpoint}")
