@@ -463,12 +463,10 @@ def printed_epochs(out):
     return [[float(m[k]) for k in (2, 3, 5, 6, 7, 8)] for m in EPOCH_LINE.finditer(out)]
 
 
-@pytest.mark.parametrize("changed", [False, True], ids=["defaults", "every flag changed"])
-def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, changed):
+@pytest.mark.parametrize("settings", [{}, CHANGED], ids=["defaults", "every flag changed"])
+def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, settings):
     # Catches: a flag ignored or misrouted, a wrong printed figure or history row, an unseeded run.
-    flags = SETTINGS if changed else []
-    settings = CHANGED if changed else {}
-    run_train(tmp_path, mnist_dir, "--iwae", "0", *flags)
+    run_train(tmp_path, mnist_dir, "--iwae", "0", *(SETTINGS if settings else []))
     images, labels = train.load_mnist(mnist_dir, train=True)
     test_images = train.load_mnist(mnist_dir, train=False)[0]
     assert images.shape == (320, 784) and images.dtype == torch.float32 and len(test_images) == 64
@@ -478,7 +476,7 @@ def test_train_does_and_prints_what_its_flags_say(tmp_path, mnist_dir, capsys, c
     printed = printed_epochs(out)
     np.testing.assert_allclose(printed, expected, atol=0.0051)  # printed with two decimals
     named = {(m[1], m[4]) for m in EPOCH_LINE.finditer(out)}
-    assert named == ({("loss", "0.5")} if changed else {("-ELBO", None)})
+    assert named == ({("loss", "0.5")} if settings else {("-ELBO", None)})
     rows = list(csv.reader(open(tmp_path / "vae.csv", newline="")))
     assert rows[0] == [*HISTORY_COLUMNS, "dataset"] and {row[10] for row in rows[1:]} == {"mnist"}
     assert [int(row[0]) for row in rows[1:]] == list(range(1, len(expected) + 1))
@@ -972,8 +970,7 @@ def test_interpolation_decodes_the_mixed_posterior_means_between_the_originals()
     end = torch.rand(3, 784)
     ax = plot_latents.plot_interpolation(model, start, end, n=4)
     got = tiles(picture(ax)).reshape(3, 6, 28, 28)
-    a = model.encode(start)[0].detach()
-    b = model.encode(end)[0].detach()
+    a, b = (model.encode(images)[0].detach() for images in (start, end))
     line = a[:, None] + torch.linspace(0, 1, 4)[None, :, None] * (b - a)[:, None]
     np.testing.assert_array_equal(got[:, 0], start[:, 0].numpy())
     np.testing.assert_array_equal(got[:, -1], end.reshape(3, 28, 28).numpy())
@@ -1050,8 +1047,7 @@ def test_the_construction_has_gaussian_codes_and_means_half_at_zero():
     codes, means = (float(text.rsplit(" ", 1)[1]) for text in legend[:2])
     assert legend[0].startswith("codes") and codes == pytest.approx(1.0, abs=0.02)
     assert means == pytest.approx(0.5 * 0.75, abs=0.02)  # half at 0, half of variance 0.75
-    spike = max(bar.get_height() for bar in ax.containers[1])
-    assert spike > 2  # half the means in one bin, far above any Gaussian of that variance
+    assert max(bar.get_height() for bar in ax.containers[1]) > 2  # half the means in one bin
     assert "N(0, 0.75)" in title(ax) and ax.get_ylim() == (0, 1)
 
 
@@ -1289,8 +1285,7 @@ def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, mnist_dir, drawn, 
     images, labels = train.load_mnist(mnist_dir, train=False)
     mu, logvar = (t.detach() for t in model.encode(images))
     grid, scatter = drawn[0].axes[:2]
-    expected = plot_latents.plot_latents(model, 2, 1, 3, 1.5, spacing=spacing)
-    assert_same_picture(grid, expected)
+    assert_same_picture(grid, plot_latents.plot_latents(model, 2, 1, 3, 1.5, spacing=spacing))
     points = scatter.collections[0]
     np.testing.assert_allclose(points.get_offsets(), mu[:, [2, 1]].numpy(), atol=1e-6)
     np.testing.assert_array_equal(points.get_array(), labels.numpy())
@@ -1377,8 +1372,7 @@ def test_cli_marginals_draw_each_dimension_up_to_16(view, tmp_path, mnist_dir, d
     wide = small_vae(z_dims=20, hidden=32)
     with torch.no_grad():
         wide.mu.weight[[3, 17]] *= 50  # two dimensions in use among twenty
-    save_run(wide, tmp_path / "wide.pt")
-    plot_cli(tmp_path, str(tmp_path / "wide.pt"), "--marginals", "--data-dir", mnist_dir)
+    plot_cli(tmp_path, save_run(wide, tmp_path / "wide.pt"), "--marginals", "--data-dir", mnist_dir)
     shown = [ax.get_xlabel() for ax in drawn[1].axes]
     assert len(shown) == 16 and {"latent dimension 3", "latent dimension 17"} <= set(shown)
     assert "the 16 of 20 whose means spread most" in capsys.readouterr().out
@@ -1423,8 +1417,7 @@ def test_cli_curves_overlay_the_histories_without_mnist_or_checkpoint(tmp_path, 
 def refused_plot(terminal, tmp_path, checkpoint, *flags, code=1):
     """plot_latents.py's one line, once checked that it wrote no picture and ran no code."""
     out = [] if "--out" in flags else ["--out", str(tmp_path / "x.png")]
-    args = ["--checkpoint", checkpoint, *out, *flags]
-    line = refused(terminal, "plot_latents.py", *args, code=code)
+    line = refused(terminal, "plot_latents.py", "--checkpoint", checkpoint, *out, *flags, code=code)
     assert len(line.replace(checkpoint, "").replace(str(tmp_path), "")) < 250  # one short line
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "code-ran").exists()
     return line
@@ -1572,7 +1565,6 @@ KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a 
     ("ax = plot_latents.plot_reconstructions(model, images)", 1, None),
     ("plot_latents.plot_latents(model, spacing='quantile')\nplt.show()", 1, None),
     (SIDE_BY_SIDE, 1, None),
-    ("plot_latents.plot_curves('vae.csv')", 1, None),
     ("plot_latents.main(['--posterior'])\nplot_latents.main('--curves')", 0, "wrote curves.png"),
     ("train.main(['--zdims', '2'])", 0, "ValueError: train.py: unrecognized arguments: --zdims 2"),
     ("import matplotlib\nprint(matplotlib.get_backend())", 0, "inline"),
