@@ -1591,7 +1591,7 @@ def test_in_a_real_jupyter_kernel_each_cell_shows_what_it_should_and_little_is_k
     for cell, (_, _, text) in zip(cells, KERNEL_CELLS):
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         said = "".join(o.get("text", "") for o in cell.outputs) + "".join(errors)
-        assert text is None or text in said, said  # a SystemExit for a bad flag shows here
+        assert text is None or text in said, said  # the bad flag: a ValueError, no SystemExit
     bar = [o.text for o in cells[0].outputs if o.get("name") == "stderr"]
     assert "batch" in "".join(bar) and bar[-1].endswith("\r")  # drawn, then erased
     saved = nbformat.writes(nbformat.v4.new_notebook(cells=[cells[-1]]))
