@@ -354,7 +354,7 @@ def load_model(path):
     if "optimizer" in state:  # the .resume.pt beside a checkpoint
         checkpoint = path.removesuffix(".resume.pt") + ".pt"
         raise ValueError(
-            f"{path} is what train.py keeps for --resume; give --checkpoint {checkpoint}"
+            f"{path} is what train.py keeps for --resume; the checkpoint is {checkpoint}"
         )
     try:
         pixels, hidden = state["encoder.0.weight"].shape[::-1]

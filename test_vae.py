@@ -10,6 +10,7 @@ import functools
 import gzip
 import inspect
 import io
+import itertools
 import math
 import os
 import pickle
@@ -280,10 +281,9 @@ def save_run(model, path, rows=()):
 # ---------------------------------------------------------------- the design card's three checks
 @pytest.mark.parametrize("layout", [(5, 1, 28, 28), (5, 784)], ids=["images", "flat"])
 def test_forward_shapes_for_both_input_layouts(layout):
-    # Catches: a forward that does not flatten images, or returns the wrong things.
-    for model, z_dims in ((VAE(), 4), (VAE(z_dims=3, num_hidden=16), 3)):
-        shapes = [tuple(t.shape) for t in model(torch.rand(layout))]
-        assert shapes == [(5, 784), (5, z_dims), (5, z_dims)]
+    # Catches: a forward that does not flatten images, ignores z_dims, or returns the wrong things.
+    shapes = [tuple(t.shape) for t in VAE(z_dims=3)(torch.rand(layout))]
+    assert shapes == [(5, 784), (5, 3), (5, 3)]
 
 
 def test_kl_is_zero_at_the_prior():
@@ -535,8 +535,8 @@ WRITABLE = "give a file name in a folder that exists"
 INSIDE = "is inside the data: give the folder that holds MNIST/raw"
 FASHION = "no FashionMNIST in nodata/FashionMNIST/raw, and no download: copy its four"
 UNUSABLE = {  # flags for what train.py cannot use, and what it says
-    "--device cuda": "--device cuda: torch 2",
-    "--device mps": "--device mps: torch 2",
+    "--device cuda": "sees no CUDA here; leave --device out to use the CPU",
+    "--device mps": "sees no MPS here; leave --device out to use the CPU",
     "--out missing/vae.pt": f"--out missing/vae.pt: {WRITABLE}",
     "--out .": f"--out .: {WRITABLE}",
     "--data-dir data/MNIST": f"--data-dir data/MNIST {INSIDE}",
@@ -590,6 +590,9 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatc
         run_train(tmp_path, mnist_dir)
     assert same_weights(load(tmp_path / "vae.pt"), good)
     assert [row["epoch"] for row in history(tmp_path / "vae.csv")] == ["1"]
+    on_call(monkeypatch, train, owner, 1, lambda real, *a, **k: real(*a, **k) * nan)  # a new run
+    with pytest.raises(FloatingPointError, match="epoch 1; nothing was saved; train again with"):
+        run_train(tmp_path, mnist_dir, out="first.pt")
 
 
 def test_ctrl_c_in_a_script_says_what_is_saved(tmp_path, mnist_dir, monkeypatch, terminal):
@@ -632,12 +635,11 @@ def test_notebook_ctrl_c_returns_the_model_and_can_resume(tmp_path, mnist_dir, m
 
 def test_a_save_stopped_halfway_leaves_the_last_checkpoint_whole(tmp_path):
     # Catches: a checkpoint written in place, which a kill mid-write corrupts.
-    path = str(tmp_path / "vae.pt")
-    kept = VAE().state_dict()
-    torch.save(kept, path)
+    path = tmp_path / "vae.pt"
+    path.write_bytes(b"the last checkpoint")
     with pytest.raises(KeyboardInterrupt):  # half a checkpoint written, then Ctrl-C
-        train.write_atomically(path, lambda f: f.write(b"half a checkpoint") and interrupt())
-    assert same_weights(load(path), kept)
+        train.write_atomically(str(path), lambda f: f.write(b"half a checkpoint") and interrupt())
+    assert path.read_bytes() == b"the last checkpoint"
 
 
 # ---------------------------------------------------------------- train.py --resume
@@ -655,7 +657,7 @@ REFUSED_AT_A_SAVED_RUN = {  # flags for the --out of a saved run of 2 epochs, an
     "--resume --seed 1": "--resume: {out} was trained with --seed 0",
     "--resume --batch-size 64": "--resume: {out} was trained with --batch-size 32",
     "--resume --dataset fashion": "--resume: {out} was trained with --dataset mnist",
-    "--z-dims 2": "{out} was trained with --z-dims 4; to go on with it: {go_on} --data-dir {data};",
+    "--z-dims 2": "with --z-dims 4; to go on with it: {go_on} --epochs 10 --data-dir {data};",
     "--epochs 3": "holds 2 epochs of this run; to go on: {go_on} --epochs 3 --data-dir {data};",
     "--epochs 1": "{out} holds 2 epochs, more than --epochs 1;",
 }
@@ -867,6 +869,18 @@ def test_progress_bar_shows_on_a_terminal_only_and_is_erased(digits, monkeypatch
     if bar:
         assert shown[bar].count(" 0%|") == 2 and "\n" not in shown[bar]  # two bars, each from 0%
         assert shown[bar].endswith("\r") and shown[bar].rstrip("\r").split("\r")[-1].strip() == ""
+
+
+def test_a_notebooks_bar_waits_10_seconds_then_redraws_each_10(monkeypatch):
+    # Catches: a saved notebook piled with redraws, a bar that sits at 0% through a short epoch.
+    monkeypatch.setattr(train, "in_notebook", lambda: True)
+    monkeypatch.setattr(sys, "stderr", Log())  # a kernel's stream: no terminal
+    clock = itertools.count()  # a second each time tqdm reads it
+    monkeypatch.setattr("tqdm.std.time", lambda: next(clock))
+    list(train.progress(range(50)))
+    drawn = sys.stderr.getvalue().split("\r")
+    bars = [line for line in drawn if "batch" in line]
+    assert 1 <= len(bars) <= 5 and " 0%" not in bars[0] and drawn[-1] == ""
 
 
 def test_in_a_notebook_main_takes_the_defaults_a_string_and_raises_bad_flags(tmp_path, monkeypatch):
@@ -1266,13 +1280,6 @@ def test_cli_grid_takes_its_flags(view, tmp_path, drawn, capsys):
     assert capsys.readouterr().out.endswith("latents_2_0_quantile.png\nwrote noext.png\n")
 
 
-def test_a_checkpoint_of_the_specifications_loop_loads_whatever_the_order_of_its_keys(tmp_path):
-    state = SpecVAE(z_dims=3, num_hidden=32).state_dict()
-    torch.save(dict(reversed(state.items())), tmp_path / "reversed.pt")
-    loaded = plot_latents.load_model(str(tmp_path / "reversed.pt"))
-    assert same_weights(loaded.state_dict(), state)
-
-
 @pytest.mark.parametrize("spacing", ["linear", "quantile"])
 def test_cli_scatter_plots_and_prints_the_posterior(tmp_path, mnist_dir, drawn, capsys, spacing):
     # Catches: flags lost, mu_i and mu_j swapped, a table column computed wrongly.
@@ -1456,7 +1463,7 @@ def test_cli_refuses_the_resume_state_naming_its_checkpoint(tmp_path, mnist_dir,
     # Catches: "not this project's VAE" for the .resume.pt that tab completion offers.
     run_train(tmp_path, mnist_dir, "--epochs", "1", "--iwae", "0")
     line = refused_plot(terminal, tmp_path, str(tmp_path / "vae.resume.pt"))
-    assert f"keeps for --resume; give --checkpoint {tmp_path / 'vae.pt'}" in line
+    assert f"keeps for --resume; the checkpoint is {tmp_path / 'vae.pt'}" in line
 
 
 class RunsCode(str):
@@ -1548,11 +1555,6 @@ def test_readme_pictures_come_from_its_commands_and_links_resolve(data_folder, c
             assert target.startswith("http") or os.path.exists(where), f"{name}: {target}"
 
 
-SLOW_EPOCHS = """import time, vae
-real_kl = vae.kl_divergence
-vae.kl_divergence = lambda mu, logvar: time.sleep(0.01) or real_kl(mu, logvar)
-slow = train.main('--epochs 3 --batch-size 2 --out slow.pt --iwae 0 --device cpu --threads 1')
-vae.kl_divergence = real_kl"""  # 160 steps of 10 ms or more: epochs of about 2 s
 FIRST_CELL = """import matplotlib.pyplot as plt
 import train, plot_latents
 model = train.main(['--epochs', '1', '--device', 'cpu', '--threads', '1'])
@@ -1569,7 +1571,6 @@ KERNEL_CELLS = [  # a notebook's cells, how many pictures each must show, and a 
     (SIDE_BY_SIDE, 1, None),
     ("plot_latents.main(['--posterior'])\nplot_latents.main('--curves')", 0, "wrote curves.png"),
     ("train.main(['--zdims', '2'])", 0, "ValueError: train.py: unrecognized arguments: --zdims 2"),
-    (SLOW_EPOCHS, 0, "epoch 3/3"),
 ]
 
 
@@ -1593,8 +1594,7 @@ def test_in_a_real_jupyter_kernel_each_cell_shows_what_it_should_and_little_is_k
         errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
         said = "".join(o.get("text", "") for o in cell.outputs) + "".join(errors)
         assert text is None or text in said, said  # the bad flag: a ValueError, no SystemExit
-    bar = [o.text for o in cells[0].outputs if o.get("name") == "stderr"]
-    assert "batch" in "".join(bar) and bar[-1].endswith("\r")  # drawn, then erased
-    saved = nbformat.writes(nbformat.v4.new_notebook(cells=[cells[-1]]))
-    slow = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SLOW_EPOCHS)])
-    assert len(saved) - len(nbformat.writes(slow)) <= 3 * 1000  # about a kilobyte per epoch
+    assert all(o.get("name") != "stderr" for o in cells[0].outputs)  # epochs under 10 s: no bar
+    saved = nbformat.writes(nbformat.v4.new_notebook(cells=[cells[0]]))
+    printed = "".join(o.text for o in cells[0].outputs)
+    assert len(saved) - len(printed) - len(FIRST_CELL) <= 1000, saved

@@ -148,6 +148,9 @@ def epoch_row(epoch, train_terms, test_terms, seconds, args):
         if not math.isfinite(figures[name]):
             kept = f"{counted(epoch - 1, 'good epoch')} kept in {args.out}"
             fix = "train anew with a lower --lr and another --out"
+            if epoch == 1:
+                kept = "nothing was saved"
+                fix = "train again with a lower --lr"
             raise FloatingPointError(
                 f"{name} became {figures[name]} in epoch {epoch}; {kept}; {fix}"
             )
@@ -289,7 +292,8 @@ def pick_device(name="auto"):
     if name == "auto":
         name = next((n for n in have if have[n]), "cpu")
     elif name != "cpu" and not have[name]:
-        raise ValueError(f"--device {name}: torch {torch.__version__} sees no {name.upper()} here")
+        found = f"torch {torch.__version__} sees no {name.upper()} here"
+        raise ValueError(f"--device {name}: {found}; leave --device out to use the CPU")
     return torch.device(name)
 
 
@@ -328,9 +332,9 @@ def in_notebook():
 
 def progress(iterable):
     """A bar, erased when done: on stderr in a terminal, none in a log; in a notebook, whose saved
-    file keeps every redraw, one redraw each 10 seconds at most."""
+    file keeps every redraw, none for the first 10 seconds, then a redraw each 10 seconds."""
     if in_notebook():
-        return tqdm(iterable, unit="batch", leave=False, mininterval=10)
+        return tqdm(iterable, unit="batch", leave=False, delay=10, mininterval=10)
     return tqdm(iterable, unit="batch", leave=False, disable=None)
 
 
@@ -378,8 +382,9 @@ def check_same_run(args, run):
         trained = f"{args.out} was trained with {flag} {run['flags'][other[0]]}"
         if args.resume:
             raise ValueError(f"--resume: {trained}; leave {flag} out, or {new}")
-        raise FileExistsError(f"{trained}; to go on with it: {resume_command(args)}; or {new}")
-    holds = f"{args.out} holds {saved} epochs"
+        go_on = resume_command(args, args.epochs if args.epochs > run["epochs"] else None)
+        raise FileExistsError(f"{trained}; to go on with it: {go_on}; or {new}")
+    holds = f"{args.out} holds {counted(saved, 'epoch')}"
     if saved > args.epochs:
         raise FileExistsError(f"{holds}, more than --epochs {args.epochs}; {new}")
     if saved < args.epochs and not args.resume:
